@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the runner and its test suite need on Debian/Ubuntu. Idempotent; run as root.
+set -euo pipefail
+
+# One package per line, so that parts of the project add theirs without clashing.
+packages=(
+  ca-certificates
+  iproute2
+  busybox-static
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust with rustup (https://rustup.rs) and run again" >&2
+  exit 1
+fi

@@ -1,0 +1,12 @@
+//! Sandbox backends behind one [`Executor`] trait.
+//!
+//! The runner turns a planned step into a [`StepSpec`] and hands it to an executor; the
+//! executor knows nothing of YAML, coordinators or terminals. Output comes back while the step
+//! runs, as ordered [`LogChunk`]s on a channel, and the outcome as a [`StepResult`].
+
+pub mod executor;
+
+pub use executor::{
+    Executor, ExecutorError, ImageSpec, JobSpec, LogChunk, Network, PreparedJob, Resources,
+    Shell, StepResult, StepSpec, Stream,
+};
