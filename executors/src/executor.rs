@@ -164,3 +164,28 @@ pub trait Executor: Send + Sync {
     /// Release everything `prepare` and the steps held for the job.
     async fn cleanup(&self, job: &PreparedJob) -> Result<(), ExecutorError>;
 }
+
+/// An image resolved to what a backend needs to build a root filesystem.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// Manifest digest (`sha256:...`).
+    pub digest: String,
+    /// Unpacked layer directories, bottom layer first (overlayfs wants them top first).
+    pub layers: Vec<PathBuf>,
+    /// The image config's `Env` (`KEY=VALUE`), applied before the step's own env.
+    pub env: Vec<String>,
+    /// The image config's `WorkingDir`, if any.
+    pub working_dir: Option<String>,
+}
+
+/// Where backends get images from: the OCI image store implements it.
+#[async_trait]
+pub trait ImageProvider: Send + Sync {
+    /// Make `reference` available locally (pulling it if needed) and return its layers.
+    /// Progress messages go to `output` as `Stream::System` chunks.
+    async fn resolve(
+        &self,
+        reference: &str,
+        output: &mpsc::Sender<LogChunk>,
+    ) -> Result<ResolvedImage, ExecutorError>;
+}

@@ -7,6 +7,6 @@
 pub mod executor;
 
 pub use executor::{
-    Executor, ExecutorError, ImageSpec, JobSpec, LogChunk, Network, PreparedJob, Resources,
-    Shell, StepResult, StepSpec, Stream,
+    Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LogChunk, Network, PreparedJob,
+    ResolvedImage, Resources, Shell, StepResult, StepSpec, Stream,
 };
