@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 mod config;
 mod jobrun;
+mod mask;
 mod paths;
 
 use std::process::ExitCode;
