@@ -13,7 +13,7 @@ mod step;
 #[cfg(test)]
 pub(crate) mod test_host_shell;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

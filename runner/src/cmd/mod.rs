@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod exec;
+pub mod exec_run;
 pub mod image;
 pub mod logs;
 pub mod register;
