@@ -72,7 +72,10 @@ fn masks_base64_at_every_alignment() {
         assert!(out.contains("[MASKED]"), "prefix {prefix:?}: {out}");
         // What is left of the encoding carries at most the bits shared with the neighbours.
         let left = out.replace("auth: ", "").replace("[MASKED]", "");
-        assert!(left.trim().len() <= 2 + (prefix.len() * 4).div_ceil(3) + 2, "{out}");
+        assert!(
+            left.trim().len() <= 2 + (prefix.len() * 4).div_ceil(3) + 2,
+            "{out}"
+        );
     }
 }
 
@@ -83,7 +86,10 @@ fn masks_url_safe_base64() {
     let m = masker(&[secret]);
     let enc = base64::engine::general_purpose::URL_SAFE.encode(secret);
     assert!(enc.contains('-') || enc.contains('_'), "{enc}");
-    assert_eq!(masked(&m, &format!("[{enc}]")).matches("[MASKED]").count(), 1);
+    assert_eq!(
+        masked(&m, &format!("[{enc}]")).matches("[MASKED]").count(),
+        1
+    );
 }
 
 #[test]
@@ -95,7 +101,11 @@ fn masks_url_encoded_forms() {
         "p%40ss%20w%2frd%26x%3d1",
         "p%40ss+w%2Frd%26x%3D1",
     ] {
-        assert_eq!(masked(&m, &format!("?q={form}&y")), "?q=[MASKED]&y", "{form}");
+        assert_eq!(
+            masked(&m, &format!("?q={form}&y")),
+            "?q=[MASKED]&y",
+            "{form}"
+        );
     }
 }
 
@@ -104,7 +114,10 @@ fn masks_json_escaped_forms() {
     let secret = "line1\n\"quoted\"\\back/slash é😀";
     let m = masker(&[secret]);
     let serde = serde_json::to_string(secret).unwrap();
-    assert_eq!(masked(&m, &format!("{{\"v\":{serde}}}")), "{\"v\":\"[MASKED]\"}");
+    assert_eq!(
+        masked(&m, &format!("{{\"v\":{serde}}}")),
+        "{\"v\":\"[MASKED]\"}"
+    );
     let python = "line1\\n\\\"quoted\\\"\\\\back/slash \\u00e9\\ud83d\\ude00";
     assert_eq!(masked(&m, &format!("\"{python}\"")), "\"[MASKED]\"");
     let upper = "line1\\n\\\"quoted\\\"\\\\back/slash \\u00E9\\uD83D\\uDE00";
@@ -226,7 +239,9 @@ fn random_texts_and_chunkings_agree_with_one_shot_and_never_leak() {
         for s in secrets {
             assert!(!contains(&whole, s.as_bytes()), "{:?}", text);
         }
-        let mut cuts: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(text.len() + 1)).collect();
+        let mut cuts: Vec<usize> = (0..rng.below(6))
+            .map(|_| rng.below(text.len() + 1))
+            .collect();
         cuts.sort_unstable();
         assert_eq!(
             streamed(&m, &text, &cuts),
