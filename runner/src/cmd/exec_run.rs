@@ -2,7 +2,8 @@
 //! the terminal, then a summary. Exit code 0 when every job succeeded (or was allowed to
 //! fail), 1 when one failed, 2 for bad input (secrets), 130 after Ctrl-C.
 //!
-//! Each job attempt gets its own copy of the source tree under
+//! The source tree is `--workspace DIR`, or the directory holding the pipeline file.
+//! Each job attempt gets its own copy of it under
 //! `<data-dir>/exec/<run>/job<N>-<attempt>/` (or the tree itself with `--bind-workspace`),
 //! removed when the job ends; the run's directory is locked while it lives so that the next
 //! `runner exec` removes it if this one was killed.
@@ -30,52 +31,14 @@ use tokio_util::sync::CancellationToken;
 use self::schedule::JobOutcome;
 use self::terminal::{Message, Printer, Style};
 use self::workspace::RunDir;
+use super::exec::Args;
 use super::Context;
 use crate::jobrun::{self, Executors, JobRequest, JobStatus};
 use crate::mask::Masker;
 
-/// The options of `runner exec` that matter when it runs the plan (flattened into
-/// `exec::Args`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// Source tree copied into each job's workspace [default: the current directory]
-    #[arg(long, value_name = "DIR")]
-    pub workspace: Option<PathBuf>,
-    /// Run jobs in the source tree itself instead of a copy (their changes stay)
-    #[arg(long)]
-    pub bind_workspace: bool,
-    /// How many jobs may run at once [default: the number of CPUs]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub parallel: Option<u16>,
-    /// Start each output line with its time (UTC)
-    #[arg(long)]
-    pub timestamps: bool,
-    /// Colours: auto (on a terminal, unless NO_COLOR is set), always or never
-    #[arg(long, value_name = "WHEN", default_value = "auto")]
-    pub color: ColorChoice,
-    /// A secret for the steps that name it: NAME=VALUE, or NAME to read it from the environment
-    #[arg(long = "secret", value_name = "NAME[=VALUE]")]
-    pub secrets: Vec<String>,
-    /// Secrets from a dotenv-style file: NAME=VALUE lines, quotes allowed, no $ expansion
-    #[arg(long = "secrets-file", value_name = "FILE")]
-    pub secrets_files: Vec<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
-}
-
-/// Run `plan` here. `args` are the `runner exec` arguments.
-pub async fn run_pipeline(
-    ctx: &Context,
-    args: &super::exec::Args,
-    plan: Plan,
-) -> anyhow::Result<u8> {
-    let opts = &args.run;
-    let secrets = match secrets::collect(&opts.secrets, &opts.secrets_files)
+/// Run `plan` here with the `runner exec` arguments `args`.
+pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Result<u8> {
+    let secrets = match secrets::collect(&args.secrets, args.secrets_file.as_deref())
         .and_then(|s| check_secrets(&plan, &s).map(|()| s))
     {
         Ok(s) => s,
@@ -84,9 +47,12 @@ pub async fn run_pipeline(
             return Ok(2);
         }
     };
-    let source = match &opts.workspace {
+    let source = match &args.workspace {
         Some(dir) => dir.clone(),
-        None => std::env::current_dir().context("cannot read the current directory")?,
+        None => match args.file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => dir.to_path_buf(),
+            None => PathBuf::from("."),
+        },
     };
     let source = source
         .canonicalize()
@@ -117,14 +83,14 @@ pub async fn run_pipeline(
     let setup = Setup {
         data_dir: ctx.paths.data_dir.clone(),
         source,
-        bind: opts.bind_workspace,
-        parallel: opts
+        bind: args.bind_workspace,
+        parallel: args
             .parallel
-            .map(usize::from)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, |n| n.get()),
         style: Style {
-            color: use_color(opts.color),
-            timestamps: opts.timestamps,
+            color: use_color(),
+            timestamps: args.timestamps,
         },
         secrets,
     };
@@ -171,16 +137,11 @@ fn vm_step(plan: &Plan) -> Option<(&str, &str)> {
         .map(|(j, s)| (j.id.as_str(), s.name.as_str()))
 }
 
-fn use_color(choice: ColorChoice) -> bool {
-    match choice {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::io::stdout().is_terminal()
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::env::var("TERM").map_or(true, |t| t != "dumb")
-        }
-    }
+/// Colours on a terminal only, and never with `NO_COLOR` set or `TERM=dumb`.
+fn use_color() -> bool {
+    std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 /// 1 when a job that was not allowed to fail failed, timed out or was cancelled.

@@ -1,5 +1,6 @@
 //! Secret values for `runner exec`: `--secret NAME=VALUE`, `--secret NAME` (value taken from
-//! the environment, so it stays out of shell history) and `--secrets-file FILE`.
+//! the environment, so it stays out of shell history; read by the argument parser) and
+//! `--secrets-file FILE`.
 //!
 //! The file is dotenv-style: `NAME=value`, optional `export `, `#` comments, `'single'`
 //! (literal) and `"double"` quotes (escapes `\n \r \t \" \\ \$`; both may span lines). There is
@@ -12,32 +13,21 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 
-/// Secrets from files first (in order), then `--secret` flags, later ones winning.
+/// Secrets from the file first, then `--secret` flags (already split into name and value,
+/// the environment read for a bare NAME), later ones winning.
 pub fn collect(
-    flags: &[String],
-    files: &[std::path::PathBuf],
+    flags: &[(String, String)],
+    file: Option<&Path>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for file in files {
+    if let Some(file) = file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read secrets file {}", file.display()))?;
         out.extend(parse_dotenv(&text, file)?);
     }
-    for flag in flags {
-        let (name, value) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), v.to_string()),
-            None => {
-                let value = std::env::var(flag).map_err(|_| {
-                    anyhow::anyhow!(
-                        "--secret {flag}: no value given and no environment variable {flag} \
-                         set (use --secret {flag}=VALUE)"
-                    )
-                })?;
-                (flag.clone(), value)
-            }
-        };
-        check_name(&name).with_context(|| format!("--secret {name}=..."))?;
-        out.insert(name, value);
+    for (name, value) in flags {
+        check_name(name).with_context(|| format!("--secret {name}=..."))?;
+        out.insert(name.clone(), value.clone());
     }
     Ok(out)
 }
@@ -204,26 +194,18 @@ mod tests {
     }
 
     #[test]
-    fn flags_override_files_and_may_read_the_environment() {
+    fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s.env");
         std::fs::write(&f, "TOKEN=from-file\nOTHER=other-value\n").unwrap();
-        // A name unlikely to clash with anything else in the test process.
-        std::env::set_var("RUNNER_TEST_SECRET_FROM_ENV", "env-value");
-        let got = collect(
-            &[
-                "TOKEN=from-flag".into(),
-                "RUNNER_TEST_SECRET_FROM_ENV".into(),
-            ],
-            &[f],
-        )
-        .unwrap();
+        let flags = [("TOKEN".to_string(), "from-flag".to_string())];
+        let got = collect(&flags, Some(&f)).unwrap();
         assert_eq!(got["TOKEN"], "from-flag");
         assert_eq!(got["OTHER"], "other-value");
-        assert_eq!(got["RUNNER_TEST_SECRET_FROM_ENV"], "env-value");
-        let e = collect(&["RUNNER_TEST_SURELY_UNSET_VAR".into()], &[]).unwrap_err();
-        assert!(e.to_string().contains("no value given"), "{e}");
-        let e = collect(&["bad-name=x".into()], &[]).unwrap_err();
+        let bad = [("bad-name".to_string(), "x".to_string())];
+        let e = collect(&bad, None).unwrap_err();
         assert!(format!("{e:#}").contains("invalid secret name"), "{e:#}");
+        let e = collect(&[], Some(&dir.path().join("missing.env"))).unwrap_err();
+        assert!(format!("{e:#}").contains("missing.env"), "{e:#}");
     }
 }

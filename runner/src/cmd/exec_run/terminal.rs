@@ -1,6 +1,6 @@
 //! What `runner exec` shows: each job's steps live, line by line, prefixed by the job so that
 //! parallel jobs stay readable; a header when a step starts (job, step, sandbox) and a line when
-//! it ends; optional UTC timestamps; colours only on a terminal (and never with `NO_COLOR`);
+//! it ends; optional timestamps (time since the step started); colours only on a terminal (and never with `NO_COLOR`);
 //! and the final summary table.
 //!
 //! ```text
@@ -66,6 +66,8 @@ pub struct Printer<W: Write> {
     labels: Vec<String>,
     steps: Vec<Vec<String>>,
     partial: HashMap<(usize, usize, StreamKey), (SystemTime, Vec<u8>)>,
+    /// When each running step started, for `--timestamps`.
+    started: HashMap<(usize, usize), SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,6 +109,7 @@ impl<W: Write> Printer<W> {
                 .map(|j| j.steps.iter().map(|s| s.name.clone()).collect())
                 .collect(),
             partial: HashMap::new(),
+            started: HashMap::new(),
         }
     }
 
@@ -120,7 +123,7 @@ impl<W: Write> Printer<W> {
             Message::Notice(n) => self.notice(n),
             Message::Info { job, text } => {
                 let line = self.style.paint(DIM, &text);
-                self.line(job, SystemTime::now(), "»", &line);
+                self.line(job, None, "»", &line);
             }
         }
         let _ = self.out.flush();
@@ -139,8 +142,9 @@ impl<W: Write> Printer<W> {
                     self.style.paint(DIM, &format!("· {sandbox}"))
                 );
                 let mark = self.style.paint(CYAN, "▶");
-                self.line(job, SystemTime::now(), &mark, &text);
-                let _ = index;
+                let now = SystemTime::now();
+                self.started.insert((job, index), now);
+                self.line(job, Some((index, now)), &mark, &text);
             }
             JobEvent::Output { index, chunk } => {
                 let key = (job, index, StreamKey::from(chunk.stream));
@@ -187,7 +191,8 @@ impl<W: Write> Printer<W> {
                         .paint(DIM, &format!("in {}", duration(result.duration))),
                 );
                 let mark = self.style.paint(code, mark);
-                self.line(job, SystemTime::now(), &mark, &text);
+                self.line(job, Some((index, SystemTime::now())), &mark, &text);
+                self.started.remove(&(job, index));
             }
         }
     }
@@ -196,13 +201,13 @@ impl<W: Write> Printer<W> {
         match n {
             Notice::Skipped { job, reason } => {
                 let text = self.style.paint(YELLOW, &format!("skipped: {reason}"));
-                self.line(job, SystemTime::now(), "-", &text);
+                self.line(job, None, "-", &text);
             }
             Notice::Retrying { job, attempt, of } => {
                 let text = self
                     .style
                     .paint(YELLOW, &format!("retrying (attempt {attempt} of {of})"));
-                self.line(job, SystemTime::now(), "↻", &text);
+                self.line(job, None, "↻", &text);
             }
             Notice::Finished { job, status } => {
                 let code = match status {
@@ -211,7 +216,7 @@ impl<W: Write> Printer<W> {
                     _ => RED,
                 };
                 let text = self.style.paint(code, &format!("job {}", status.as_str()));
-                self.line(job, SystemTime::now(), "■", &text);
+                self.line(job, None, "■", &text);
             }
         }
     }
@@ -224,7 +229,7 @@ impl<W: Write> Printer<W> {
             StreamKey::Err => (self.style.paint(RED, "│"), text.to_string()),
             StreamKey::Sys => (self.style.paint(CYAN, "»"), self.style.paint(CYAN, text)),
         };
-        self.line(key.0, ts, &mark, &text);
+        self.line(key.0, Some((key.1, ts)), &mark, &text);
     }
 
     /// Print what is left of a step's unfinished lines.
@@ -236,11 +241,20 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    fn line(&mut self, job: usize, ts: SystemTime, mark: &str, text: &str) {
+    /// One line for `job`; `at` is the step and the time the line is about, for
+    /// `--timestamps` (lines outside a step get a blank stamp).
+    fn line(&mut self, job: usize, at: Option<(usize, SystemTime)>, mark: &str, text: &str) {
         let label = self.labels.get(job).map(String::as_str).unwrap_or("?");
         let label = self.style.paint(BOLD, label);
         let stamp = if self.style.timestamps {
-            format!("{} ", self.style.paint(DIM, &utc_time(ts)))
+            let since = at.and_then(|(index, t)| {
+                let start = self.started.get(&(job, index))?;
+                Some(t.duration_since(*start).unwrap_or_default())
+            });
+            match since {
+                Some(d) => format!("{} ", self.style.paint(DIM, &elapsed(d))),
+                None => format!("{:9} ", ""),
+            }
         } else {
             String::new()
         };
@@ -248,15 +262,12 @@ impl<W: Write> Printer<W> {
     }
 }
 
-/// `HH:MM:SS.mmm` in UTC.
-pub fn utc_time(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let s = d.as_secs() % 86_400;
+/// `MM:SS.mmm` (minutes keep counting past 59).
+pub fn elapsed(d: Duration) -> String {
     format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
+        "{:02}:{:02}.{:03}",
+        d.as_secs() / 60,
+        d.as_secs() % 60,
         d.subsec_millis()
     )
 }

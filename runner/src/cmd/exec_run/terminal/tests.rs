@@ -108,20 +108,41 @@ fn colours_and_timestamps_only_when_asked() {
     let mut pr = Printer::new(Vec::new(), style, &p);
     pr.handle(Message::Event {
         job: 0,
-        event: out("x\n", Stream::Stdout),
+        event: JobEvent::StepStarted {
+            index: 0,
+            name: "compile".into(),
+            sandbox: "s".into(),
+        },
+    });
+    let later = SystemTime::now() + Duration::from_millis(61_250);
+    pr.handle(Message::Event {
+        job: 0,
+        event: JobEvent::Output {
+            index: 0,
+            chunk: LogChunk {
+                stream: Stream::Stdout,
+                timestamp: later,
+                data: b"x\n".to_vec(),
+            },
+        },
+    });
+    pr.handle(Message::Info {
+        job: 0,
+        text: "outside a step".into(),
     });
     let text = String::from_utf8(pr.into_inner()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
     assert!(text.contains('\x1b'), "{text:?}");
-    // HH:MM:SS.mmm at the start, dimmed.
-    let stamp = text.trim_start_matches("\x1b[2m");
-    assert_eq!(&stamp[2..3], ":");
-    assert_eq!(&stamp[8..9], ".");
+    assert!(lines[0].starts_with("\x1b[2m00:00.00"), "{text:?}");
+    // Time since the step started (give or take the moment the header was printed).
+    assert!(lines[1].starts_with("\x1b[2m01:01.2"), "{text:?}");
+    assert!(lines[2].starts_with("          "), "{text:?}");
 }
 
 #[test]
-fn utc_time_formats_hours_minutes_seconds_millis() {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis((13 * 3600 + 5 * 60 + 9) * 1000 + 42);
-    assert_eq!(utc_time(t), "13:05:09.042");
+fn elapsed_formats_minutes_seconds_millis() {
+    assert_eq!(elapsed(Duration::from_millis(42)), "00:00.042");
+    assert_eq!(elapsed(Duration::from_millis(3_723_042)), "62:03.042");
 }
 
 #[test]
