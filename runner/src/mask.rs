@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 use base64::Engine as _;
 
 /// What a secret is replaced with.
@@ -52,6 +52,7 @@ struct Patterns {
     /// KMP failure function of each pattern, to find how much of a chunk's tail could still
     /// become a match.
     failure: Vec<Vec<usize>>,
+    max_len: usize,
 }
 
 impl Masker {
@@ -79,15 +80,19 @@ impl Masker {
             return Ok(Masker { inner: None });
         }
         let patterns: Vec<Vec<u8>> = set.into_iter().collect();
+        // Leftmost-longest rather than overlapping search: it keeps the prefilter fast path
+        // (several times the throughput on build logs); `intervals` recovers the overlaps.
         let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)?;
+        let max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
         let failure = patterns.iter().map(|p| failure_function(p)).collect();
         Ok(Masker {
             inner: Some(Arc::new(Patterns {
                 matcher,
                 patterns,
                 failure,
+                max_len,
             })),
         })
     }
@@ -188,20 +193,37 @@ impl MaskStream {
 }
 
 impl Patterns {
-    /// Byte ranges covered by any match, merged where they overlap or touch, in order.
+    /// Byte ranges covered by any match of any pattern, merged where they overlap or touch,
+    /// in order.
+    ///
+    /// Each leftmost-longest match `[s, e)` is widened by the matches that start inside it and
+    /// run past its end (found by searching again from just after each start, no further than
+    /// a match starting before `e` could reach), so the union is the same as with an
+    /// overlapping search.
     fn intervals(&self, text: &[u8]) -> Vec<(usize, usize)> {
-        let mut spans: Vec<(usize, usize)> = self
-            .matcher
-            .find_overlapping_iter(text)
-            .map(|m| (m.start(), m.end()))
-            .collect();
-        spans.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
-        for (s, e) in spans {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        while pos < text.len() {
+            let Some(m) = self.matcher.find(Input::new(text).range(pos..)) else {
+                break;
+            };
+            let (start, mut end) = (m.start(), m.end());
+            let mut probe = start + 1;
+            while probe < end {
+                let reach = (end - 1 + self.max_len).min(text.len());
+                match self.matcher.find(Input::new(text).range(probe..reach)) {
+                    Some(n) if n.start() < end => {
+                        end = end.max(n.end());
+                        probe = n.start() + 1;
+                    }
+                    _ => break,
+                }
             }
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+            pos = end;
         }
         merged
     }
@@ -347,5 +369,7 @@ fn json_forms(secret: &str) -> Vec<Vec<u8>> {
     out
 }
 
+// An explicit path so that `benches/mask.rs`, which includes this file by path, finds it too.
 #[cfg(test)]
+#[path = "mask/tests.rs"]
 mod tests;

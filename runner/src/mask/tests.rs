@@ -266,3 +266,47 @@ fn masks_large_chunks_quickly_enough_to_not_matter() {
     total += s.finish().len();
     assert_eq!(total, 8 << 20);
 }
+
+/// The union of every occurrence of every pattern, found the slow and obvious way.
+fn naive_intervals(patterns: &[Vec<u8>], text: &[u8]) -> Vec<(usize, usize)> {
+    let mut covered = vec![false; text.len() + 1];
+    for p in patterns {
+        for s in 0..text.len() {
+            if text[s..].starts_with(p) {
+                covered[s..s + p.len()].iter_mut().for_each(|c| *c = true);
+            }
+        }
+    }
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for i in 0..text.len() {
+        if !covered[i] {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 == i => last.1 = i + 1,
+            _ => out.push((i, i + 1)),
+        }
+    }
+    out
+}
+
+#[test]
+fn intervals_are_the_union_of_all_overlapping_matches() {
+    let secrets = ["abab", "babba", "xyzzy", "zzyx", "aaaa"];
+    let m = masker(&secrets);
+    let p = m.inner.as_ref().unwrap();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let alphabet = b"abxyz";
+    for _ in 0..3000 {
+        let len = rng.below(60);
+        let text: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        assert_eq!(
+            p.intervals(&text),
+            naive_intervals(&p.patterns, &text),
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+}
