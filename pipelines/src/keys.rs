@@ -26,8 +26,6 @@ pub const JOB_OWN: &[&str] = &[
 /// Keys of a step besides the settings.
 pub const STEP_OWN: &[&str] = &["name", "run", "env", "continue_on_error", "secrets"];
 pub const RESOURCES: &[&str] = &["cpus", "memory", "pids"];
-/// Matrix keys that are not axes.
-pub const MATRIX_SPECIAL: &[&str] = &["include", "exclude"];
 
 pub const ISOLATIONS: &[&str] = &["container", "vm"];
 pub const SHELLS: &[&str] = &["sh", "bash"];
