@@ -255,6 +255,18 @@ impl Decoder {
         match oci_spec::distribution::Reference::try_from(text.as_str()) {
             Ok(_) => Some(Image::Oci(text)),
             Err(why) => {
+                let hint = if text.contains(char::is_whitespace) {
+                    Some("an image reference has no spaces".to_string())
+                } else if text.contains(|c: char| c.is_ascii_uppercase()) {
+                    Some(
+                        "repository names are lowercase, e.g. 127.0.0.1:5000/busybox:latest"
+                            .to_string(),
+                    )
+                } else if text.contains('@') {
+                    Some("a digest is `@sha256:` and 64 hex digits".to_string())
+                } else {
+                    hint
+                };
                 self.error(
                     node.pos,
                     path,

@@ -103,7 +103,7 @@ pub fn schema() -> Value {
             "additionalProperties": {"$ref": "#/$defs/scalar"}},
         "image": {"type": "string", "minLength": 1,
             "description": "`host` (the host's root filesystem, read-only under a throwaway layer; the default) or an OCI image reference"},
-        "duration": {"type": "string", "pattern": "^\\s*([0-9]+h(\\s*[0-9]+m)?(\\s*[0-9]+s)?|[0-9]+m(\\s*[0-9]+s)?|[0-9]+s)\\s*$",
+        "duration": {"type": "string", "pattern": "^\\s*([0-9]+\\s*h(\\s*[0-9]+\\s*m)?(\\s*[0-9]+\\s*s)?|[0-9]+\\s*m(\\s*[0-9]+\\s*s)?|[0-9]+\\s*s)\\s*$",
             "description": "e.g. 90s, 10m, 1h30m (at most 7 days)"},
         "size": {"type": "string", "pattern": "^\\s*[0-9.]+\\s*(B|b|[KkMmGgTt]|[KMGT]i|[KMGT]iB|kB|KB|MB|GB|TB)$",
             "description": "e.g. 512MiB, 1G (powers of 1024), 100MB (powers of 1000)"},

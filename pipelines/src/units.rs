@@ -8,7 +8,7 @@ use std::time::Duration;
 /// The longest duration accepted anywhere (a week): a larger value is a typo.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Parse `90s`, `10m`, `1h30m`, `1h 30m 10s`. Every number needs a unit (`s`, `m`, `h`), each unit
+/// Parse `90s`, `10m`, `1h30m`, `1h 30m 10s` (`1 h` too). Every number needs a unit (`s`, `m`, `h`), each unit
 /// at most once, largest first.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -30,7 +30,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let number: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{t}` is too large"))?;
-        rest = &rest[digits..];
+        rest = rest[digits..].trim_start();
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let (rank, secs) = match &rest[..unit_len] {
             "h" => (3, 3600),
