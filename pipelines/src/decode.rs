@@ -93,6 +93,8 @@ impl Decoder {
             let key = k.as_scalar().map(|s| s.text.as_str()).unwrap_or_default();
             if valid.contains(&key) {
                 out.push((key, k, v));
+            } else if level == Level::Pipeline && key.starts_with('.') {
+                // A template to anchor (`.base: &base ...`), as in GitLab CI: not read itself.
             } else {
                 self.error(
                     k.pos,

@@ -95,6 +95,8 @@ pub fn schema() -> Value {
     top["$id"] = json!("https://github.com/runner/runner/docs/pipeline.schema.json");
     top["title"] = json!("runner pipeline, version 1");
     top["required"] = json!(["jobs"]);
+    top["patternProperties"] =
+        json!({"^\\.": {"description": "a template for YAML anchors; not read itself"}});
     top["$defs"] = json!({
         "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
         "jobName": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"},
