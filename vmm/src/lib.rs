@@ -245,13 +245,23 @@ impl Vm {
                 }
             }
         }
-        let end = self.wait(threads.len());
+        let waited = self.wait(threads.len());
         stop_all(&stop, &threads);
         for t in threads {
             // The threads have finished; join only reaps them. A panicked vCPU thread already
             // reported nothing, and the VM is over either way.
             let _ = t.join();
         }
+        let end = match waited {
+            Waited::Ended(end) => end,
+            Waited::Stopped => VmEnd::Stopped,
+            // A guest whose boot vCPU sleeps in HLT with interrupts off has finished (or hung)
+            // rather than run out of time: say so.
+            Waited::TimedOut => match self.boot_vcpu_end() {
+                Some(VmEnd::Halt) => VmEnd::Halt,
+                _ => VmEnd::TimedOut,
+            },
+        };
         self.devices.flush_serial();
         let boot_times = self.devices.boot_times();
         let (created, build_time) = (self.created, self.build_time);
@@ -264,10 +274,18 @@ impl Vm {
         })
     }
 
+    /// How vCPU 0 reported its end, from the events left after all vCPUs stopped.
+    fn boot_vcpu_end(&self) -> Option<VmEnd> {
+        self.events.1.try_iter().find_map(|e| match e {
+            Event::Ended(e) if e.id == 0 => Some(e.end),
+            _ => None,
+        })
+    }
+
     /// Waits for the first vCPU to end, a stop request, or the timeout.
-    fn wait(&self, running: usize) -> VmEnd {
+    fn wait(&self, running: usize) -> Waited {
         if running == 0 {
-            return VmEnd::Stopped;
+            return Waited::Stopped;
         }
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let event = match deadline {
@@ -277,17 +295,27 @@ impl Vm {
                 .recv_timeout(d.saturating_duration_since(Instant::now()))
             {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => return VmEnd::TimedOut,
+                Err(RecvTimeoutError::Timeout) => return Waited::TimedOut,
                 Err(RecvTimeoutError::Disconnected) => Event::Stop,
             },
             // We hold a sender ourselves, so recv only fails if that is gone, which cannot be.
             None => self.events.1.recv().unwrap_or(Event::Stop),
         };
         match event {
-            Event::Ended(e) => e.end,
-            Event::Stop => VmEnd::Stopped,
+            Event::Ended(e) => Waited::Ended(e.end),
+            Event::Stop => Waited::Stopped,
         }
     }
+}
+
+/// What ended the wait for a running VM.
+enum Waited {
+    /// A vCPU ended the VM.
+    Ended(VmEnd),
+    /// `StopHandle::stop`.
+    Stopped,
+    /// The configured timeout.
+    TimedOut,
 }
 
 /// Sets the stop flag and kicks every vCPU thread until it has left KVM_RUN and finished.

@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -22,7 +22,10 @@ pub enum VmEnd {
     PowerOff,
     /// A triple fault: the guest crashed in a way the CPU could not report.
     TripleFault,
-    /// The vCPU executed HLT and KVM handed it to us.
+    /// The boot vCPU halted with interrupts disabled, so nothing can wake it: the guest is
+    /// done (or hung). With the in-kernel LAPIC, KVM keeps such a vCPU asleep instead of
+    /// exiting, so this is found when the timeout or a stop kicks the vCPU out (or reported at
+    /// once where KVM does exit on HLT).
     Halt,
     /// The VM was stopped from outside (`StopHandle::stop`).
     Stopped,
@@ -83,9 +86,22 @@ pub fn run(
     stop: Arc<AtomicBool>,
     events: Sender<Event>,
 ) {
-    let end = run_loop(&mut vcpu, &devices, &stop);
+    let mut end = run_loop(&mut vcpu, &devices, &stop);
+    if end == VmEnd::Stopped && halted_for_good(&vcpu) {
+        end = VmEnd::Halt;
+    }
     stop.store(true, Ordering::SeqCst);
     let _ = events.send(Event::Ended(VcpuEnded { id, end }));
+}
+
+/// Whether the vCPU sleeps in HLT with interrupts off (RFLAGS.IF clear): only an NMI, which
+/// nothing here sends, could wake it.
+fn halted_for_good(vcpu: &VcpuFd) -> bool {
+    const RFLAGS_IF: u64 = 1 << 9;
+    let halted = vcpu
+        .get_mp_state()
+        .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+    halted && vcpu.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF == 0)
 }
 
 fn run_loop(vcpu: &mut VcpuFd, devices: &Devices, stop: &AtomicBool) -> VmEnd {

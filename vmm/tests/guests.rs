@@ -219,3 +219,17 @@ fn bad_configs_get_clear_errors() {
     let err = Vm::new(cfg).unwrap_err().to_string();
     assert!(err.contains("command line"), "{err}");
 }
+
+#[test]
+fn a_guest_halted_with_interrupts_off_is_reported_as_halt_not_timeout() {
+    // cli; hlt: nothing can wake it. The in-kernel LAPIC keeps it asleep, so the VMM finds out
+    // when the timeout kicks it, and reports a halt.
+    let (mut cfg, _) = config(Asm::default().bytes(&[0xfa]).halt_forever(), "");
+    cfg.timeout = Some(Duration::from_millis(300));
+    assert_eq!(run(cfg).end, VmEnd::Halt);
+
+    // sti; hlt: an interrupt could still come, so this is a timeout.
+    let (mut cfg, _) = config(Asm::default().bytes(&[0xfb]).halt_forever(), "");
+    cfg.timeout = Some(Duration::from_millis(300));
+    assert_eq!(run(cfg).end, VmEnd::TimedOut);
+}
