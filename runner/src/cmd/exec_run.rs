@@ -12,6 +12,7 @@ mod interrupt;
 mod sandbox;
 mod schedule;
 mod secrets;
+mod snapshot;
 mod terminal;
 #[cfg(test)]
 mod tests;
@@ -188,13 +189,15 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
         printer
     });
 
+    let exclude = setup
+        .data_dir
+        .canonicalize()
+        .unwrap_or(setup.data_dir.clone());
     let shared = Arc::new(Shared {
         executors,
         jobs: plan.jobs.clone(),
-        exclude: setup
-            .data_dir
-            .canonicalize()
-            .unwrap_or(setup.data_dir.clone()),
+        snapshot: nix::unistd::geteuid().is_root() && !exclude.starts_with(&setup.source),
+        exclude,
         run_dir,
         run_id,
         source: setup.source,
@@ -239,6 +242,8 @@ struct Shared {
     jobs: Vec<PlannedJob>,
     /// Never copied into a workspace: the runner's data dir, if it lies in the source tree.
     exclude: PathBuf,
+    /// Try an overlay snapshot of the source before copying it.
+    snapshot: bool,
     run_dir: RunDir,
     run_id: String,
     source: PathBuf,
@@ -260,13 +265,14 @@ impl Shared {
                 let _ = tx.send(Message::Info { job: i, text }).await;
             }
         };
-        let workspace = if self.bind {
-            self.source.clone()
+        // The job's own directory (removed at the end) and the workspace the steps see.
+        let (job_dir, workspace) = if self.bind {
+            (None, self.source.clone())
         } else {
             match self.fresh_workspace(i, attempt).await {
-                Ok((dir, text)) => {
+                Ok((dir, ws, text)) => {
                     info(text).await;
-                    dir
+                    (Some(dir), ws)
                 }
                 Err(e) => {
                     info(format!("error: cannot prepare the workspace: {e:#}")).await;
@@ -289,13 +295,16 @@ impl Shared {
         };
         let result = jobrun::run_job(&self.executors, req, ev_tx, self.cancel.child_token()).await;
         let _ = forward.await;
-        if !self.bind {
-            let dir = workspace.clone();
-            let removed = tokio::task::spawn_blocking(move || workspace::remove_tree(&dir)).await;
+        if let Some(dir) = job_dir {
+            let d = dir.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                snapshot::unmount_under(&d).and_then(|()| workspace::remove_tree(&d))
+            })
+            .await;
             if let Ok(Err(e)) = removed {
                 info(format!(
                     "warning: cannot remove the workspace {}: {e}",
-                    workspace.display()
+                    dir.display()
                 ))
                 .await;
             }
@@ -309,21 +318,43 @@ impl Shared {
         }
     }
 
-    /// A new directory with a copy of the source tree, and a line saying what was copied.
-    async fn fresh_workspace(&self, i: usize, attempt: u32) -> anyhow::Result<(PathBuf, String)> {
+    /// A new job directory holding the workspace (an overlay snapshot or a copy of the source
+    /// tree), and a line saying which.
+    async fn fresh_workspace(
+        &self,
+        i: usize,
+        attempt: u32,
+    ) -> anyhow::Result<(PathBuf, PathBuf, String)> {
         let dir = self.run_dir.job_dir(i, attempt)?;
-        let (src, dst, exclude) = (self.source.clone(), dir.clone(), self.exclude.clone());
         let t = Instant::now();
+        let mut fallback = String::new();
+        if self.snapshot {
+            let (src, d) = (self.source.clone(), dir.clone());
+            match tokio::task::spawn_blocking(move || snapshot::mount_snapshot(&src, &d)).await? {
+                Ok(ws) => {
+                    let text = format!(
+                        "workspace: overlay snapshot of {} ({})",
+                        self.source.display(),
+                        terminal::duration(t.elapsed())
+                    );
+                    return Ok((dir, ws, text));
+                }
+                Err(e) => fallback = format!("no overlay snapshot ({e}), "),
+            }
+        }
+        let ws = dir.join("workspace");
+        std::fs::create_dir_all(&ws)?;
+        let (src, dst, exclude) = (self.source.clone(), ws.clone(), self.exclude.clone());
         let stats = tokio::task::spawn_blocking(move || workspace::copy_tree(&src, &dst, &exclude))
             .await?
-            .with_context(|| format!("copying {} into {}", self.source.display(), dir.display()))?;
+            .with_context(|| format!("copying {} into {}", self.source.display(), ws.display()))?;
         let text = format!(
-            "workspace: {} files, {} copied in {}",
+            "workspace: {fallback}copied {} files, {} in {}",
             stats.files,
             human_bytes(stats.bytes),
             terminal::duration(t.elapsed())
         );
-        Ok((dir, text))
+        Ok((dir, ws, text))
     }
 }
 

@@ -221,3 +221,48 @@ fn run_ids_are_short_and_distinct() {
     assert_eq!(a.len(), 9);
     assert_ne!(a, b);
 }
+
+#[tokio::test]
+async fn a_data_dir_inside_the_source_tree_is_left_out_of_workspaces() {
+    let src = tempfile::tempdir().unwrap();
+    let data = src.path().join(".runner-data");
+    std::fs::write(src.path().join("code.txt"), "x").unwrap();
+    let p = plan(vec![job("j", vec![step("ls", "ls -A")])]);
+    let r = go(&p, src.path(), &data, false, &[]).await;
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("j » workspace: copied 1 files"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("j │ code.txt"), "{}", r.text);
+    assert!(!r.text.contains(".runner-data"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn as_root_the_workspace_is_an_overlay_snapshot_that_is_unmounted_after() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not run: overlay snapshots need root; CI runs this test as root");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("code.txt"), "x").unwrap();
+    let p = plan(vec![job(
+        "j",
+        vec![step("edit", "echo y > code.txt; cat code.txt")],
+    )]);
+    let r = go(&p, src.path(), data.path(), false, &[]).await;
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("j » workspace: overlay snapshot of"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("j │ y"), "{}", r.text);
+    assert_eq!(
+        std::fs::read_to_string(src.path().join("code.txt")).unwrap(),
+        "x"
+    );
+    assert!(snapshot::mounts_under(data.path()).unwrap().is_empty());
+}

@@ -4,7 +4,8 @@
 //! for as long as it lives. At start-up every run directory whose lock can be taken belongs to
 //! a runner that died (even by SIGKILL) and is removed: nothing survives a killed runner.
 //!
-//! The source tree is copied whole (`.git`, `target/`, everything: a pipeline sees what the
+//! The workspace is an overlay snapshot of the source tree where possible (see `snapshot`).
+//! Otherwise the source tree is copied whole (`.git`, `target/`, everything: a pipeline sees what the
 //! user sees) with `std::fs::copy`, which uses `copy_file_range(2)`: the kernel copies without
 //! a round trip through user space and shares extents (a reflink) on filesystems that can
 //! (btrfs, XFS, NFS 4.2). Modes and modification times are kept so incremental build tools
@@ -51,9 +52,10 @@ impl RunDir {
         Ok(dir)
     }
 
-    /// Remove the run's directory (the lock goes with it).
+    /// Remove the run's directory (the lock goes with it), unmounting what is left first.
     pub fn remove(&self) -> anyhow::Result<()> {
-        remove_tree(&self.path)
+        super::snapshot::unmount_under(&self.path)
+            .and_then(|()| remove_tree(&self.path))
             .with_context(|| format!("cannot remove the run directory {}", self.path.display()))
     }
 }
@@ -84,7 +86,8 @@ pub fn reconcile(data_dir: &Path) -> anyhow::Result<usize> {
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
         };
         if stale {
-            remove_tree(&path)
+            super::snapshot::unmount_under(&path)
+                .and_then(|()| remove_tree(&path))
                 .with_context(|| format!("cannot remove stale run {}", path.display()))?;
             removed += 1;
         }
@@ -243,5 +246,27 @@ mod tests {
         assert!(live.path.exists());
         live.remove().unwrap();
         assert_eq!(fs::read_dir(exec_root(data.path())).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn reconcile_unmounts_a_dead_runs_snapshot_before_removing_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not run: overlay snapshots need root; CI runs this test as root");
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("precious"), b"keep me").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let dead = exec_root(data.path()).join("dead");
+        fs::create_dir_all(&dead).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        let ws = super::super::snapshot::mount_snapshot(src.path(), &dead.join("job0-1")).unwrap();
+        assert!(ws.join("precious").exists());
+        assert_eq!(reconcile(data.path()).unwrap(), 1);
+        assert!(!dead.exists());
+        assert!(super::super::snapshot::mounts_under(data.path())
+            .unwrap()
+            .is_empty());
+        assert_eq!(fs::read(src.path().join("precious")).unwrap(), b"keep me");
     }
 }
