@@ -120,7 +120,7 @@ pub fn validate_str(source: &str, file: &str) -> Result<Validated, Diagnostics> 
 
 /// Diagnostics in file order, each once.
 fn finish(mut diags: Vec<Diagnostic>) -> Diagnostics {
-    diags.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+    diags.sort_by_key(|d| (d.line, d.column));
     diags.dedup();
     Diagnostics(diags)
 }
