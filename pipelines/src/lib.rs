@@ -72,7 +72,19 @@ pub fn validate_str(source: &str, file: &str) -> Result<Validated, Diagnostics> 
         }
         Err(errors) => {
             for e in errors {
-                d.error(e.pos, "", e.message, e.hint);
+                // The scanner's words for a tab are cryptic; say what to do about it.
+                let line = source
+                    .lines()
+                    .nth(e.pos.line.saturating_sub(1))
+                    .unwrap_or("");
+                let tab_indent = line.starts_with(|c: char| c == '\t' || c == ' ')
+                    && line.trim_start_matches(' ').starts_with('\t');
+                let hint = if e.message.starts_with("YAML syntax") && tab_indent {
+                    Some("indent with spaces: YAML does not allow tabs for indentation".into())
+                } else {
+                    e.hint
+                };
+                d.error(e.pos, "", e.message, hint);
             }
             return Err(finish(d.diags));
         }

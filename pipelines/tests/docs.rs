@@ -16,5 +16,8 @@ fn pipelines_in_the_reference_are_valid() {
         }
         checked += 1;
     }
-    assert!(checked >= 8, "only {checked} complete pipelines found in the reference");
+    assert!(
+        checked >= 8,
+        "only {checked} complete pipelines found in the reference"
+    );
 }

@@ -44,6 +44,7 @@ fn yaml_syntax() {
     let d = only("jobs:\n\tbuild: {}\n");
     assert!(d.message.starts_with("YAML syntax error"), "{d}");
     assert_eq!(d.line, 2);
+    hint(&d, "indent with spaces");
 }
 
 #[test]
