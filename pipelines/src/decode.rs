@@ -9,6 +9,7 @@ use crate::keys::{self, Level};
 use crate::matrix::{self, Entry, MatrixSpec};
 use crate::model::{Condition, Job, Pipeline, Settings, Spanned, Step};
 use crate::plan::{Image, Isolation, Network, Shell};
+use crate::template;
 use crate::units;
 use crate::yaml::{Node, Pos, ScalarKind, Value};
 
@@ -18,6 +19,10 @@ pub const MAX_RETRY: u64 = 10;
 pub struct Decoder {
     file: String,
     pub diags: Vec<Diagnostic>,
+    /// `image` values with `${{ matrix.KEY }}` seen in the job being read, checked against
+    /// its matrix once that is known: position, key path, text.
+    templates: Vec<(Pos, String, String)>,
+    in_defaults: bool,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -47,6 +52,8 @@ impl Decoder {
         Decoder {
             file: file.to_string(),
             diags: Vec::new(),
+            templates: Vec::new(),
+            in_defaults: false,
         }
     }
 
@@ -245,6 +252,23 @@ impl Decoder {
         }
         let hint =
             Some("an OCI reference such as 127.0.0.1:5000/busybox:latest, or `host`".to_string());
+        if template::is_template(&text) {
+            if self.in_defaults {
+                self.error(
+                    node.pos,
+                    path,
+                    "`${{ matrix... }}` cannot be used in `defaults`",
+                    Some("matrix values belong to a job: set this image on the job".into()),
+                );
+            } else if let Err(why) = template::keys(&text) {
+                self.error(node.pos, path, format!("bad image template: {why}"), None);
+            } else {
+                self.templates
+                    .push((node.pos, path.to_string(), text.clone()));
+                return Some(Image::Oci(text));
+            }
+            return None;
+        }
         if text.trim() != text || text.is_empty() {
             self.error(
                 node.pos,
@@ -406,9 +430,11 @@ impl Decoder {
                 "name" => p.name = self.string(value, key),
                 "env" => p.env = self.env(value, key),
                 "defaults" => {
+                    self.in_defaults = true;
                     for (k, _, v) in self.entries(value, key, Level::Defaults) {
                         self.setting(k, v, key, &mut p.defaults);
                     }
+                    self.in_defaults = false;
                 }
                 "jobs" => {
                     saw_jobs = true;
@@ -527,7 +553,46 @@ impl Decoder {
         if let Some((value, p)) = condition_node {
             job.condition = self.condition(value, &p, &job);
         }
+        self.check_templates(&job);
         Some(job)
+    }
+
+    /// Every matrix instance of `job` must turn each image template into a valid reference.
+    fn check_templates(&mut self, job: &Job) {
+        for (pos, path, text) in std::mem::take(&mut self.templates) {
+            if job.matrix.is_empty() {
+                self.error(
+                    pos,
+                    &path,
+                    "`${{ matrix... }}` needs a matrix on this job",
+                    None,
+                );
+                continue;
+            }
+            let keys = template::keys(&text).unwrap_or_default();
+            for inst in &job.matrix {
+                let values: BTreeMap<String, String> = inst.values.iter().cloned().collect();
+                if let Some(missing) = keys.iter().find(|k| !values.contains_key(*k)) {
+                    self.error(
+                        pos,
+                        &path,
+                        format!("the matrix instance ({}) has no `{missing}`", inst.label),
+                        Some("give every combination that key, e.g. as an axis".into()),
+                    );
+                    break;
+                }
+                let image = template::substitute(&text, &values);
+                if let Err(why) = oci_spec::distribution::Reference::try_from(image.as_str()) {
+                    self.error(
+                        pos,
+                        &path,
+                        format!("bad image reference `{image}` for ({}): {why}", inst.label),
+                        Some("an OCI reference such as 127.0.0.1:5000/busybox:latest".into()),
+                    );
+                    break;
+                }
+            }
+        }
     }
 
     fn needs(&mut self, node: &Node, path: &str) -> Vec<Spanned<String>> {

@@ -11,6 +11,7 @@ pub mod model;
 pub mod plan;
 mod planner;
 pub mod schema;
+mod template;
 pub mod units;
 mod yaml;
 

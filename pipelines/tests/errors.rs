@@ -649,3 +649,46 @@ jobs:
         "p.yml:1:10: version: unsupported version `2` (this runner reads version 1)"
     );
 }
+
+#[test]
+fn bad_image_templates() {
+    let src = "\
+defaults:
+  image: x:${{ matrix.a }}
+jobs:
+  a:
+    image: busybox:${{ matrix.tag }}
+    steps: [x]
+  b:
+    matrix: {tag: [ok, 'Not OK']}
+    steps:
+      - run: x
+        image: busybox:${{ matrix.tag }}
+      - run: y
+        image: busybox:${{ env.TAG }}
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 4, "{e:#?}");
+    at(
+        &e[0],
+        2,
+        10,
+        "defaults.image",
+        "cannot be used in `defaults`",
+    );
+    at(&e[1], 5, 12, "jobs.a.image", "needs a matrix on this job");
+    at(
+        &e[2],
+        11,
+        16,
+        "jobs.b.steps[0].image",
+        "bad image reference `busybox:Not OK` for (tag=Not OK)",
+    );
+    at(
+        &e[3],
+        13,
+        16,
+        "jobs.b.steps[1].image",
+        "only `${{ matrix.KEY }}` can be used here",
+    );
+}
