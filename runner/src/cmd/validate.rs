@@ -70,6 +70,8 @@ pub fn report(file: &Path, diags: &Diagnostics) {
 /// Each diagnostic as `error: file:line:col: path: message`, the source line with a caret
 /// under the column, and the hint; then a count.
 pub fn render(source: &str, diags: &Diagnostics) -> String {
+    // Lines as YAML counts them: \r\n, \r and \n each end one.
+    let source = source.replace("\r\n", "\n").replace('\r', "\n");
     let lines: Vec<&str> = source.lines().collect();
     let mut out = String::new();
     for d in &diags.0 {
