@@ -78,8 +78,7 @@ pub fn validate_str(source: &str, file: &str) -> Result<Validated, Diagnostics> 
                     .lines()
                     .nth(e.pos.line.saturating_sub(1))
                     .unwrap_or("");
-                let tab_indent = line.starts_with(|c: char| c == '\t' || c == ' ')
-                    && line.trim_start_matches(' ').starts_with('\t');
+                let tab_indent = line.trim_start_matches(' ').starts_with('\t');
                 let hint = if e.message.starts_with("YAML syntax") && tab_indent {
                     Some("indent with spaces: YAML does not allow tabs for indentation".into())
                 } else {
