@@ -368,3 +368,28 @@ fn help_reads_well() {
         );
     }
 }
+
+#[test]
+fn validate_takes_several_files_and_fails_if_any_is_bad() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.yml"), BAD).unwrap();
+    let hello = root().join("examples/hello.yml");
+    let out = runner(
+        tmp.path(),
+        &["validate", hello.to_str().unwrap(), "bad.yml"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("hello.yml: ok: 1 job, 1 with the matrix expanded, 1 step"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("4 problems in bad.yml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = runner(tmp.path(), &["validate", "--json", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).trim(), "[]");
+}

@@ -460,17 +460,22 @@ impl Decoder {
             self.expected(node, "jobs", "a mapping of job names to jobs", None);
             return Vec::new();
         };
-        if map.is_empty() {
+        let hidden = |k: &Node| k.as_scalar().is_some_and(|s| s.text.starts_with('.'));
+        if map.iter().all(|(k, _)| hidden(k)) {
             self.error(
                 node.pos,
                 "jobs",
                 "`jobs` is empty",
-                Some("add at least one job".into()),
+                Some("add at least one job (names starting with `.` are templates)".into()),
             );
         }
         let mut jobs = Vec::new();
         for (k, v) in map {
             let name = k.as_scalar().map(|s| s.text.clone()).unwrap_or_default();
+            if hidden(k) {
+                // A hidden job, as in GitLab CI: a template for anchors, or a job switched off.
+                continue;
+            }
             let path = join("jobs", &name);
             if !is_job_name(&name) {
                 self.error(
