@@ -8,6 +8,8 @@ packages=(
   iproute2
   busybox-static
   cpio
+  python3-yaml
+  python3-jsonschema
 )
 
 missing=()
