@@ -7,6 +7,9 @@ packages=(
   ca-certificates
   iproute2
   busybox-static
+  # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
+  iptables
+  perl-base
 )
 
 missing=()

@@ -475,3 +475,115 @@ fn reconcile_cleans_up_after_a_killed_runner() {
     assert_eq!(std::fs::read_dir(&sandboxes).unwrap().count(), 0);
     assert!(exec.reconcile().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn bridge_network_reaches_the_gateway() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("ctest-bridge-")
+        .tempdir()
+        .unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    build_busybox_rootfs(&rootfs).unwrap();
+    let workspace = tmp.path().join("ws");
+    std::fs::create_dir(&workspace).unwrap();
+    let mut config = ContainerConfig::new(
+        tmp.path().join("state"),
+        Arc::new(LocalDirImages::new().with(IMAGE, &rootfs)),
+    );
+    // A bridge of this test process alone, removed at the end.
+    let n = std::process::id();
+    config.bridge = executors::container::BridgeConfig {
+        name: format!("rt{}", n % 1_000_000),
+        subnet: format!("10.213.{}", n % 250),
+    };
+    let bridge = config.bridge.clone();
+    let exec = ContainerExecutor::new(config).unwrap();
+    let job = exec
+        .prepare(&JobSpec {
+            id: format!("tbridge{n}"),
+            hostname: "bridge".into(),
+            workspace,
+        })
+        .await
+        .unwrap();
+    let gateway = format!("{}.1", bridge.subnet);
+    let f = Fixture { tmp, exec, job };
+    let mut step = f.step(&format!(
+        "ip -4 addr show eth0 | grep -q '{}\\.' && ping -c1 -W5 {gateway} >/dev/null && echo reached",
+        bridge.subnet.replace('.', "\\.")
+    ));
+    step.network = Network::Bridge;
+    let out = f.run(step).await;
+    let veths: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    bridge.remove();
+    assert!(out.result.success(), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "reached\n");
+    // The step's veth went with its sandbox; only the bridge itself was left until now.
+    let brif = std::fs::read_dir(format!("/sys/class/net/{}/brif", bridge.name));
+    assert!(brif.is_err() || brif.unwrap().count() == 0, "{veths:?}");
+    f.assert_clean().await;
+}
+
+#[tokio::test]
+async fn user_namespace_maps_root_to_an_unprivileged_range() {
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::Builder::new()
+        .prefix("ctest-userns-")
+        .tempdir()
+        .unwrap();
+    // The mapped root is an ordinary user on the host: it must be able to reach its files.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    build_busybox_rootfs(&rootfs).unwrap();
+    let workspace = tmp.path().join("ws");
+    std::fs::create_dir(&workspace).unwrap();
+    let base = 3_000_000 + (std::process::id() % 1000) * 65536;
+    std::os::unix::fs::chown(&workspace, Some(base), Some(base)).unwrap();
+    let mut config = ContainerConfig::new(
+        tmp.path().join("state"),
+        Arc::new(LocalDirImages::new().with(IMAGE, &rootfs)),
+    );
+    config.userns = Some(executors::container::IdMap {
+        host_id: base,
+        count: 65536,
+    });
+    let exec = ContainerExecutor::new(config).unwrap();
+    let job = exec
+        .prepare(&JobSpec {
+            id: format!("tuserns{}", std::process::id()),
+            hostname: "userns".into(),
+            workspace: workspace.clone(),
+        })
+        .await
+        .unwrap();
+    let f = Fixture { tmp, exec, job };
+    let out = f
+        .run(f.step(
+            "id -u; cat /proc/self/uid_map; echo hi > /workspace/made; \
+             echo x > /tmp/t && echo tmp-ok; echo $$",
+        ))
+        .await;
+    assert!(out.result.success(), "{} {}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "0");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, ["0", &base.to_string(), "65536"]);
+    assert_eq!(lines[2], "tmp-ok");
+    assert_eq!(lines[3], "1");
+    // Outside, the step's root is the unprivileged host uid.
+    assert_eq!(
+        std::fs::metadata(workspace.join("made")).unwrap().uid(),
+        base
+    );
+    f.assert_clean().await;
+}

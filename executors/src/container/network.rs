@@ -107,6 +107,27 @@ impl BridgeConfig {
         Ok(())
     }
 
+    /// Delete the bridge and its NAT rule (uninstall, tests). Sandboxes still attached lose
+    /// their network.
+    pub fn remove(&self) {
+        let _guard = BRIDGE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = ok(Command::new("ip").args(["link", "del", &self.name]));
+        let source = format!("{}.0/24", self.subnet);
+        let _ = ok(Command::new("iptables").args([
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-s",
+            &source,
+            "!",
+            "-o",
+            &self.name,
+            "-j",
+            "MASQUERADE",
+        ]));
+    }
+
     /// Take a free address for sandbox `owner`: a lease file created exclusively in `leases`,
     /// holding the owner's name.
     pub fn lease(&self, leases: &Path, owner: &str) -> Result<(String, PathBuf), ContainerError> {

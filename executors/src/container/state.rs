@@ -38,6 +38,13 @@ impl StateDir {
     pub fn new(state_dir: &Path) -> Result<Self, ContainerError> {
         let root = state_dir.join("sandboxes");
         std::fs::create_dir_all(&root).map_err(ContainerError::io(&root))?;
+        // Searchable (not listable) by others: the mapped root of a user-namespaced step must
+        // reach its own upper dir when it mounts the overlay.
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [state_dir, root.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(ContainerError::io(dir))?;
+        }
         Ok(StateDir { root })
     }
 
