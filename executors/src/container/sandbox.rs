@@ -177,10 +177,7 @@ impl ContainerExecutor {
             let _ = kill(pid, Signal::SIGKILL);
         }
         phase(&started, "exited");
-        let status = tokio::task::spawn_blocking(move || waitpid(pid, None))
-            .await
-            .map_err(|e| ContainerError::Spawn(format!("wait: {e}")))?
-            .map_err(|e| ContainerError::Spawn(format!("wait: {e}")))?;
+        let status = reap(pid, &exited).await?;
         guard.pid = None;
         phase(&started, "waitpid");
         let _ = pump.await;
@@ -408,6 +405,22 @@ fn watch_exit(pidfd: OwnedFd) -> Result<AsyncFd<OwnedFd>, ContainerError> {
     // AsyncFd's whole life.
     unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
         .map_err(|e| ContainerError::Spawn(format!("watch the sandbox: {e}")))
+}
+
+/// Reap `pid` once its pidfd says it exited (after a kill, wait for that first).
+async fn reap(pid: Pid, exited: &AsyncFd<OwnedFd>) -> Result<WaitStatus, ContainerError> {
+    use nix::sys::wait::WaitPidFlag;
+    loop {
+        let mut ready = exited
+            .readable()
+            .await
+            .map_err(|e| ContainerError::Spawn(format!("wait: {e}")))?;
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => ready.clear_ready(),
+            Ok(status) => return Ok(status),
+            Err(e) => return Err(ContainerError::Spawn(format!("wait: {e}"))),
+        }
+    }
 }
 
 /// Read a pipe whose write ends are all closed.
