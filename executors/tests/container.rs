@@ -223,6 +223,7 @@ async fn pids_limit_holds() {
     let f = Fixture::new("pids").await;
     let mut step = f.step("for i in $(seq 40); do sleep 30 & done; echo all-started");
     step.resources.pids = Some(16);
+    step.resources.cpus = Some(0.5);
     step.timeout = Duration::from_secs(20);
     let started = Instant::now();
     let out = f.run(step).await;

@@ -19,6 +19,8 @@ pub struct TreeSpec<'a> {
     pub host_image: bool,
     /// Extra host paths to hide (the runner's config and data directories).
     pub masked: &'a [PathBuf],
+    /// The step has a network: give an image root the host's resolver configuration.
+    pub dns: bool,
 }
 
 pub(crate) fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ContainerError> {
@@ -148,6 +150,14 @@ pub fn tree(spec: &TreeSpec<'_>) -> Result<Vec<MountOp>, ContainerError> {
             });
         }
     }
+    if spec.dns && !spec.host_image && Path::new("/etc/resolv.conf").exists() {
+        ops.push(MountOp::Bind {
+            source: cstr(format!("{OLD_ROOT}/etc/resolv.conf"))?,
+            target: cstr("/etc/resolv.conf")?,
+            flags: libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+            create: Create::File,
+        });
+    }
     ops.push(MountOp::Bind {
         source: host_path(spec.workspace)?,
         target: cstr(spec.workdir)?,
@@ -229,6 +239,7 @@ mod tests {
             workdir: "/workspace",
             host_image: true,
             masked: &masked,
+            dns: false,
         };
         let ops = tree(&spec).unwrap();
         let t = targets(&ops);
@@ -258,6 +269,7 @@ mod tests {
             workdir: "/workspace",
             host_image: false,
             masked: &[],
+            dns: false,
         };
         assert!(!targets(&tree(&spec).unwrap()).iter().any(|x| x == "/root"));
         let bad = TreeSpec {

@@ -215,11 +215,15 @@ impl ContainerExecutor {
     ) -> Result<ChildPlan, ContainerError> {
         let mut masked = self.config.masked_paths.clone();
         masked.push(self.config.state_dir.clone());
+        // The bind source must be absolute and free of symlinks a step could swap.
+        let workspace =
+            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
         let ops = tree(&TreeSpec {
-            workspace: &job.workspace,
+            workspace: &workspace,
             workdir: &step.workdir,
             host_image: rootfs.host,
             masked: &masked,
+            dns: step.network != Network::None,
         })?;
         if job.hostname.is_empty() || job.hostname.len() > 64 {
             return Err(ContainerError::InvalidSpec(format!(
