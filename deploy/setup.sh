@@ -8,6 +8,9 @@ packages=(
   iproute2
   busybox-static
   cpio
+  # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
+  iptables
+  perl-base
 )
 
 missing=()
