@@ -187,6 +187,7 @@ impl Vm {
         let loaded = boot::load(
             &mem,
             config.mem_mib,
+            config.vcpus,
             &config.image,
             &config.cmdline,
             config.initrd.as_deref(),

@@ -233,3 +233,17 @@ fn a_guest_halted_with_interrupts_off_is_reported_as_halt_not_timeout() {
     cfg.timeout = Some(Duration::from_millis(300));
     assert_eq!(run(cfg).end, VmEnd::TimedOut);
 }
+
+#[test]
+fn guest_finds_the_mp_table_where_linux_scans_for_it() {
+    // mov esi, [0xf0004] (the floating pointer's table address); print 4 signature bytes.
+    let code = Asm::default()
+        .mov_dx(0x3f8)
+        .bytes(&[0x8b, 0x34, 0x25, 0x04, 0x00, 0x0f, 0x00])
+        .bytes(&[0xac, 0xee, 0xac, 0xee, 0xac, 0xee, 0xac, 0xee])
+        .i8042_reset();
+    let (mut cfg, serial) = config(code, "");
+    cfg.vcpus = 3;
+    assert_eq!(run(cfg).end, VmEnd::Reset);
+    assert_eq!(serial.text(), "PCMP");
+}

@@ -66,7 +66,7 @@ fn debian_kernel_and_initrd_load_where_the_boot_protocol_wants_them() {
     let mem = memory::allocate(mem_mib).unwrap();
     let image = GuestImage::Kernel(path.clone());
     let cmdline = "console=ttyS0 reboot=k";
-    let loaded = boot::load(&mem, mem_mib, &image, cmdline, Some(initrd.path())).unwrap();
+    let loaded = boot::load(&mem, mem_mib, 2, &image, cmdline, Some(initrd.path())).unwrap();
     assert_eq!(
         loaded.entry,
         HIMEM_START + 0x200,
@@ -163,6 +163,7 @@ fn linux_boots_to_init_on_hardware_kvm_and_is_refused_elsewhere() {
                    i8042.dumbkbd rdinit=/init"
         .into();
     cfg.mem_mib = 256;
+    cfg.vcpus = 2;
     cfg.timeout = Some(Duration::from_secs(30));
     let serial = Capture::default();
     cfg.serial = Box::new(serial.clone());

@@ -3,6 +3,7 @@
 
 mod header;
 mod initrd;
+pub mod mptable;
 mod zero_page;
 
 pub use header::{read_bzimage_header, BzImageHeader};
@@ -87,6 +88,9 @@ pub enum Error {
     /// Memory layout problem.
     #[error(transparent)]
     Memory(#[from] memory::Error),
+    /// Building or writing the MP table failed.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     /// Writing the zero page failed.
     #[error("cannot write the zero page: {0}")]
     ZeroPage(linux_loader::configurator::Error),
@@ -101,10 +105,12 @@ pub struct Loaded {
     pub image_end: u64,
 }
 
-/// Loads the image, command line, initrd and zero page into `mem` (of `mem_mib` MiB).
+/// Loads the image, command line, initrd, zero page and MP table (for `cpus` vCPUs) into
+/// `mem` (of `mem_mib` MiB).
 pub fn load(
     mem: &GuestMemory,
     mem_mib: u64,
+    cpus: u8,
     image: &GuestImage,
     cmdline: &str,
     initrd: Option<&Path>,
@@ -133,6 +139,7 @@ pub fn load(
     });
     let params = BootParams::new(&params, GuestAddress(memory::ZERO_PAGE_ADDRESS));
     LinuxBootConfigurator::write_bootparams(&params, mem).map_err(Error::ZeroPage)?;
+    mptable::write(mem, cpus)?;
     Ok(loaded)
 }
 
