@@ -30,7 +30,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use thiserror::Error;
 
 pub use boot::GuestImage;
-pub use devices::{BootTimerReading, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
+pub use devices::{BootTimerReading, InputError, SerialInput, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use kvm::KvmKind;
 pub use vcpu::VmEnd;
 
@@ -52,8 +52,11 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// Number of vCPUs (1..=MAX_VCPUS).
     pub vcpus: u8,
-    /// Where the guest's serial console output goes.
+    /// Where the guest's serial console (COM1) output goes.
     pub serial: Box<dyn Write + Send>,
+    /// A second UART (COM2, 0x2f8, IRQ 3) for a guest agent: where its output goes. Input
+    /// goes in through [`Vm::agent_input`].
+    pub agent: Option<Box<dyn Write + Send>>,
     /// Stop the VM after this long (None: run until the guest ends it or `StopHandle::stop`).
     pub timeout: Option<Duration>,
 }
@@ -68,6 +71,7 @@ impl VmConfig {
             mem_mib: 128,
             vcpus: 1,
             serial: Box::new(std::io::sink()),
+            agent: None,
             timeout: None,
         }
     }
@@ -81,6 +85,7 @@ impl std::fmt::Debug for VmConfig {
             .field("initrd", &self.initrd)
             .field("mem_mib", &self.mem_mib)
             .field("vcpus", &self.vcpus)
+            .field("agent", &self.agent.is_some())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -156,6 +161,8 @@ pub struct Vm {
     build_time: Duration,
     timeout: Option<Duration>,
     events: (Sender<Event>, Receiver<Event>),
+    /// Set when the VM stops: vCPU threads leave, serial inputs give up.
+    stop: Arc<AtomicBool>,
 }
 
 use devices::Devices;
@@ -193,7 +200,7 @@ impl Vm {
             config.initrd.as_deref(),
         )?;
         let cr3 = cpu::write_boot_tables(&mem)?;
-        let devices = Arc::new(Devices::new(&vm, config.serial, created)?);
+        let devices = Arc::new(Devices::new(&vm, config.serial, config.agent, created)?);
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for id in 0..config.vcpus {
             let fd = vm
@@ -211,7 +218,19 @@ impl Vm {
             build_time: created.elapsed(),
             timeout: config.timeout,
             events: mpsc::channel(),
+            stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Feeds the guest's console (COM1) input.
+    pub fn console_input(&self) -> SerialInput {
+        SerialInput::new(self.devices.console().clone(), self.stop.clone())
+    }
+
+    /// Feeds the agent UART (COM2), if the config asked for one.
+    pub fn agent_input(&self) -> Option<SerialInput> {
+        let port = self.devices.agent()?.clone();
+        Some(SerialInput::new(port, self.stop.clone()))
     }
 
     /// A handle that stops this VM while `run` is in progress.
@@ -230,7 +249,7 @@ impl Vm {
     /// then stops every vCPU and tears the VM down.
     pub fn run(mut self) -> Result<RunReport, Error> {
         vcpu::install_kick_handler().map_err(Error::Thread)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = self.stop.clone();
         let mut threads = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus) {
             let (devices, flag, events) =
@@ -306,6 +325,13 @@ impl Vm {
             Event::Ended(e) => Waited::Ended(e.end),
             Event::Stop => Waited::Stopped,
         }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Whether or not it ran: serial inputs must stop waiting for a reader.
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

@@ -247,3 +247,46 @@ fn guest_finds_the_mp_table_where_linux_scans_for_it() {
     assert_eq!(run(cfg).end, VmEnd::Reset);
     assert_eq!(serial.text(), "PCMP");
 }
+
+#[test]
+fn agent_uart_carries_bytes_both_ways_with_flow_control() {
+    // loop: wait for COM2 data ready (LSR bit 0), read the byte, echo it to COM2, and stop
+    // after a newline. 300 bytes exceed the 64-byte FIFO, so the host must wait for the guest.
+    let code = Asm::default()
+        .mov_dx(0x2fd)
+        .bytes(&[0xec, 0xa8, 0x01, 0x74, 0xfb]) // in al, dx; test al, 1; jz back to in
+        .mov_dx(0x2f8)
+        .bytes(&[0xec, 0xee, 0x3c, 0x0a, 0x75, 0xed]) // in; out; cmp al, '\n'; jne loop
+        .i8042_reset();
+    let (mut cfg, console) = config(code, "");
+    let agent = Capture::default();
+    cfg.agent = Some(Box::new(agent.clone()));
+    let vm = Vm::new(cfg).unwrap();
+    let input = vm.agent_input().expect("agent UART configured");
+    let message: Vec<u8> = (0..299)
+        .map(|i| b'a' + (i % 26) as u8)
+        .chain(*b"\n")
+        .collect();
+    let sent = message.clone();
+    let feeder = std::thread::spawn(move || input.write_all(&sent));
+    let report = vm.run().unwrap();
+    feeder.join().unwrap().expect("all input accepted");
+    assert_eq!(report.end, VmEnd::Reset);
+    assert_eq!(agent.text().as_bytes(), &message[..]);
+    assert!(
+        console.text().is_empty(),
+        "agent bytes stay off the console"
+    );
+}
+
+#[test]
+fn serial_input_fails_cleanly_once_the_vm_is_gone() {
+    let (cfg, _) = config(Asm::default().i8042_reset(), "");
+    let vm = Vm::new(cfg).unwrap();
+    let input = vm.console_input();
+    assert!(vm.agent_input().is_none());
+    assert_eq!(vm.run().unwrap().end, VmEnd::Reset);
+    // Nobody reads any more: more than a FIFO's worth must fail, not hang.
+    let err = input.write_all(&[b'x'; 1000]).unwrap_err();
+    assert!(err.to_string().contains("ended"), "{err}");
+}

@@ -1,5 +1,6 @@
-//! The legacy devices a microVM needs, on the port I/O bus: the 8250 serial console, the i8042
-//! (only so the guest can reset, which ends the VM), and the boot-timer marker port.
+//! The legacy devices a microVM needs, on the port I/O bus: the 8250 serial console (COM1)
+//! and optionally a second UART for a guest agent (COM2), the i8042 (only so the guest can
+//! reset, which ends the VM), and the boot-timer marker port.
 //!
 //! The PIC, IOAPIC and PIT live in KVM; port I/O reaching us is for these devices or nobody.
 
@@ -8,20 +9,20 @@ pub mod i8042;
 pub mod serial;
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 
 pub use boot_timer::{BootTimer, BootTimerReading, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
-pub use serial::{COM1_IRQ, COM1_PORT};
+pub use serial::{InputError, SerialInput, SerialPort, COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT};
 
 /// Errors setting up devices.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// The serial interrupt could not be wired.
-    #[error("cannot wire the serial port's interrupt: {0}")]
+    /// A serial interrupt could not be wired.
+    #[error("cannot set up a serial port: {0}")]
     Serial(#[from] serial::Error),
 }
 
@@ -36,7 +37,8 @@ pub enum PortAction {
 
 /// All port-mapped devices of one VM, shared by its vCPU threads.
 pub struct Devices {
-    serial: Mutex<serial::Console>,
+    console: Arc<SerialPort>,
+    agent: Option<Arc<SerialPort>>,
     i8042: Mutex<i8042::ResetPort>,
     boot_timer: BootTimer,
 }
@@ -45,14 +47,28 @@ impl Devices {
     /// Creates the devices; `created` is the instant the VM creation started.
     pub fn new(
         vm: &VmFd,
-        serial_out: Box<dyn Write + Send>,
+        console_out: Box<dyn Write + Send>,
+        agent_out: Option<Box<dyn Write + Send>>,
         created: Instant,
     ) -> Result<Self, Error> {
+        let console = Arc::new(SerialPort::new(vm, COM1_PORT, COM1_IRQ, console_out)?);
+        let agent = match agent_out {
+            Some(out) => Some(Arc::new(SerialPort::new(vm, COM2_PORT, COM2_IRQ, out)?)),
+            None => None,
+        };
         Ok(Devices {
-            serial: Mutex::new(serial::console(vm, serial_out)?),
+            console,
+            agent,
             i8042: Mutex::new(i8042::ResetPort::new()),
             boot_timer: BootTimer::new(created),
         })
+    }
+
+    /// The UART owning `port`, and the register offset.
+    fn uart(&self, port: u16) -> Option<(&SerialPort, u8)> {
+        std::iter::once(&self.console)
+            .chain(self.agent.as_ref())
+            .find_map(|u| u.offset(port).map(|o| (u.as_ref(), o)))
     }
 
     /// Handles `out` to `port`.
@@ -60,8 +76,8 @@ impl Devices {
         let Some(&value) = data.first() else {
             return PortAction::Continue;
         };
-        if let Some(offset) = serial::offset(port) {
-            serial::write(&mut lock(&self.serial), offset, value);
+        if let Some((uart, offset)) = self.uart(port) {
+            uart.write(offset, value);
         } else if let Some(offset) = i8042::offset(port) {
             if lock(&self.i8042).write(offset, value) {
                 return PortAction::Reset;
@@ -75,11 +91,21 @@ impl Devices {
     /// Handles `in` from `port`: no device there reads as all ones, as on a real bus.
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
         data.fill(0xff);
-        if let Some(offset) = serial::offset(port) {
-            data[0] = lock(&self.serial).read(offset);
+        if let Some((uart, offset)) = self.uart(port) {
+            data[0] = uart.read(offset);
         } else if let Some(offset) = i8042::offset(port) {
             data[0] = lock(&self.i8042).read(offset);
         }
+    }
+
+    /// The console UART.
+    pub fn console(&self) -> &Arc<SerialPort> {
+        &self.console
+    }
+
+    /// The agent UART, if configured.
+    pub fn agent(&self) -> Option<&Arc<SerialPort>> {
+        self.agent.as_ref()
     }
 
     /// Boot-timer readings so far.
@@ -87,9 +113,12 @@ impl Devices {
         self.boot_timer.readings()
     }
 
-    /// Flushes the serial sink (at the end of a run).
+    /// Flushes the serial sinks (at the end of a run).
     pub fn flush_serial(&self) {
-        let _ = lock(&self.serial).writer_mut().flush();
+        self.console.flush();
+        if let Some(agent) = &self.agent {
+            agent.flush();
+        }
     }
 }
 
