@@ -9,7 +9,10 @@
 //!   first guest instruction (wall and VMM CPU time).
 //! - `loop N`: N create+run+teardown cycles in one process; medians.
 //! - `rss MIB`: RSS of this process with a live VM of MIB MiB, minus the guest's own pages.
+//! - `load KERNEL [INITRD] [N]`: median time to load a kernel (and initrd) into fresh guest
+//!   memory, as `Vm::new` does; needs no KVM, so it measures the Linux path on PVM hosts too.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -200,6 +203,20 @@ fn rss(mem_mib: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn load(kernel: &str, initrd: Option<&str>, n: usize) -> Result<(), String> {
+    let image = GuestImage::Kernel(kernel.into());
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let mem = vmm::memory::allocate(256).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        vmm::boot::load(&mem, 256, 1, &image, "console=ttyS0", initrd.map(Path::new))
+            .map_err(|e| e.to_string())?;
+        times.push(us(started.elapsed()));
+    }
+    println!("runs={n} median_kernel_load_us={}", median(times));
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: u64| -> u64 {
@@ -210,7 +227,16 @@ fn main() {
         Some("spawn") => spawn(num(1, 20) as usize),
         Some("loop") => cycles(num(1, 50) as usize),
         Some("rss") => rss(num(1, 128)),
-        _ => Err("usage: vmm_bench once | spawn N | loop N | rss MIB".into()),
+        Some("load") if args.len() >= 2 => load(
+            &args[1],
+            args.get(2)
+                .map(String::as_str)
+                .filter(|a| a.parse::<usize>().is_err()),
+            args.last().and_then(|a| a.parse().ok()).unwrap_or(20),
+        ),
+        _ => Err(
+            "usage: vmm_bench once | spawn N | loop N | rss MIB | load KERNEL [INITRD] [N]".into(),
+        ),
     };
     if let Err(e) = result {
         eprintln!("vmm_bench: {e}");

@@ -190,16 +190,34 @@ impl Vm {
         }
         let kvm = kvm::open()?;
         let mem = memory::allocate(config.mem_mib)?;
-        let vm = vm::create(&kvm, &mem)?;
-        let loaded = boot::load(
-            &mem,
-            config.mem_mib,
-            config.vcpus,
-            &config.image,
-            &config.cmdline,
-            config.initrd.as_deref(),
-        )?;
-        let cr3 = cpu::write_boot_tables(&mem)?;
+        // Creating the VM is mostly waiting in the kernel (memory-slot and irqchip setup wait
+        // for RCU grace periods); copying a kernel and initrd is mostly page faults. Neither
+        // needs the other, so they overlap.
+        let (vm, loaded) = std::thread::scope(|s| {
+            let creating = std::thread::Builder::new()
+                .name("vm-create".into())
+                .spawn_scoped(s, || vm::create(&kvm, &mem));
+            let loaded = boot::load(
+                &mem,
+                config.mem_mib,
+                config.vcpus,
+                &config.image,
+                &config.cmdline,
+                config.initrd.as_deref(),
+            )
+            .map_err(Error::from)
+            .and_then(|l| Ok((l, cpu::write_boot_tables(&mem)?)));
+            let vm = match creating {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to spare: create it here, after loading.
+                Err(_) => vm::create(&kvm, &mem),
+            };
+            (vm, loaded)
+        });
+        let vm = vm?;
+        let (loaded, cr3) = loaded?;
         let devices = Arc::new(Devices::new(&vm, config.serial, config.agent, created)?);
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for id in 0..config.vcpus {
