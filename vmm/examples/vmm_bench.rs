@@ -209,8 +209,19 @@ fn load(kernel: &str, initrd: Option<&str>, n: usize) -> Result<(), String> {
     for _ in 0..n {
         let mem = vmm::memory::allocate(256).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        vmm::boot::load(&mem, 256, 1, &image, "console=ttyS0", initrd.map(Path::new))
-            .map_err(|e| e.to_string())?;
+        let platform = vmm::boot::Platform {
+            mem_mib: 256,
+            cpus: 1,
+            agent_uart: false,
+        };
+        vmm::boot::load(
+            &mem,
+            platform,
+            &image,
+            "console=ttyS0",
+            initrd.map(Path::new),
+        )
+        .map_err(|e| e.to_string())?;
         times.push(us(started.elapsed()));
     }
     println!("runs={n} median_kernel_load_us={}", median(times));

@@ -197,10 +197,14 @@ impl Vm {
             let creating = std::thread::Builder::new()
                 .name("vm-create".into())
                 .spawn_scoped(s, || vm::create(&kvm, &mem));
+            let platform = boot::Platform {
+                mem_mib: config.mem_mib,
+                cpus: config.vcpus,
+                agent_uart: config.agent.is_some(),
+            };
             let loaded = boot::load(
                 &mem,
-                config.mem_mib,
-                config.vcpus,
+                platform,
                 &config.image,
                 &config.cmdline,
                 config.initrd.as_deref(),

@@ -290,3 +290,30 @@ fn serial_input_fails_cleanly_once_the_vm_is_gone() {
     let err = input.write_all(&[b'x'; 1000]).unwrap_err();
     assert!(err.to_string().contains("ended"), "{err}");
 }
+
+#[test]
+fn guest_walks_the_acpi_tables_from_the_rsdp() {
+    // rbx = XSDT address from the RSDP (0xe0000 + 24); print the XSDT signature, then the
+    // signatures of the tables its first two entries point at, then the MADT's first entry
+    // type and APIC ID of each vCPU's local APIC (three vCPUs: 0, 1, 2).
+    let print4 = [0xac, 0xee, 0xac, 0xee, 0xac, 0xee, 0xac, 0xee]; // (lodsb; out dx, al) x 4
+    let code = Asm::default()
+        .mov_dx(0x3f8)
+        .bytes(&[0x48, 0x8b, 0x1c, 0x25, 0x18, 0x00, 0x0e, 0x00]) // mov rbx, [0xe0018]
+        .bytes(&[0x48, 0x89, 0xde]) // mov rsi, rbx
+        .bytes(&print4)
+        .bytes(&[0x48, 0x8b, 0x73, 0x24]) // mov rsi, [rbx + 36]
+        .bytes(&print4)
+        .bytes(&[0x48, 0x8b, 0x73, 0x2c]) // mov rsi, [rbx + 44]
+        .bytes(&print4)
+        .bytes(&[0x48, 0x83, 0xc6, 0x28]) // add rsi, 40: first MADT entry (header 44)
+        .bytes(&[0xac, 0x04, b'0', 0xee]) // lodsb (type) ; add al, '0' ; out
+        .bytes(&[0x48, 0x83, 0xc6, 0x02, 0xac, 0x04, b'0', 0xee]) // skip to APIC ID; print
+        .bytes(&[0x48, 0x83, 0xc6, 0x07, 0xac, 0x04, b'0', 0xee]) // next entry's APIC ID
+        .bytes(&[0x48, 0x83, 0xc6, 0x07, 0xac, 0x04, b'0', 0xee]) // and the next
+        .i8042_reset();
+    let (mut cfg, serial) = config(code, "");
+    cfg.vcpus = 3;
+    assert_eq!(run(cfg).end, VmEnd::Reset);
+    assert_eq!(serial.text(), "XSDTFACPAPIC0012");
+}

@@ -66,7 +66,12 @@ fn debian_kernel_and_initrd_load_where_the_boot_protocol_wants_them() {
     let mem = memory::allocate(mem_mib).unwrap();
     let image = GuestImage::Kernel(path.clone());
     let cmdline = "console=ttyS0 reboot=k";
-    let loaded = boot::load(&mem, mem_mib, 2, &image, cmdline, Some(initrd.path())).unwrap();
+    let platform = boot::Platform {
+        mem_mib,
+        cpus: 2,
+        agent_uart: false,
+    };
+    let loaded = boot::load(&mem, platform, &image, cmdline, Some(initrd.path())).unwrap();
     assert_eq!(
         loaded.entry,
         HIMEM_START + 0x200,
@@ -191,4 +196,6 @@ fn linux_boots_to_init_on_hardware_kvm_and_is_refused_elsewhere() {
     assert_eq!(report.end, VmEnd::Reset, "serial console:\n{out}");
     assert!(out.contains("Linux version"), "{out}");
     assert!(out.contains("VMM-LINUX-BOOTED"), "{out}");
+    // Both vCPUs came up: Linux read our ACPI MADT (Debian's kernel has no MP-table parser).
+    assert!(out.contains("Brought up 1 node, 2 CPUs"), "{out}");
 }
