@@ -213,6 +213,7 @@ fn load(kernel: &str, initrd: Option<&str>, n: usize) -> Result<(), String> {
             mem_mib: 256,
             cpus: 1,
             agent_uart: false,
+            block_device: false,
         };
         vmm::boot::load(
             &mem,

@@ -57,6 +57,9 @@ pub struct VmConfig {
     /// A second UART (COM2, 0x2f8, IRQ 3) for a guest agent: where its output goes. Input
     /// goes in through [`Vm::agent_input`].
     pub agent: Option<Box<dyn Write + Send>>,
+    /// A raw disk image the guest sees read-only as a virtio block device (`/dev/vda`), found
+    /// through ACPI (virtio-mmio, `LNRO0005`).
+    pub root_disk: Option<PathBuf>,
     /// Stop the VM after this long (None: run until the guest ends it or `StopHandle::stop`).
     pub timeout: Option<Duration>,
 }
@@ -72,6 +75,7 @@ impl VmConfig {
             vcpus: 1,
             serial: Box::new(std::io::sink()),
             agent: None,
+            root_disk: None,
             timeout: None,
         }
     }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for VmConfig {
             .field("mem_mib", &self.mem_mib)
             .field("vcpus", &self.vcpus)
             .field("agent", &self.agent.is_some())
+            .field("root_disk", &self.root_disk)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -201,6 +206,7 @@ impl Vm {
                 mem_mib: config.mem_mib,
                 cpus: config.vcpus,
                 agent_uart: config.agent.is_some(),
+                block_device: config.root_disk.is_some(),
             };
             let loaded = boot::load(
                 &mem,
@@ -222,7 +228,12 @@ impl Vm {
         });
         let vm = vm?;
         let (loaded, cr3) = loaded?;
-        let devices = Arc::new(Devices::new(&vm, config.serial, config.agent, created)?);
+        let device_config = devices::DeviceConfig {
+            console_out: config.serial,
+            agent_out: config.agent,
+            root_disk: config.root_disk.as_deref(),
+        };
+        let devices = Arc::new(Devices::new(&vm, &mem, device_config, created)?);
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for id in 0..config.vcpus {
             let fd = vm

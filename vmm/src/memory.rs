@@ -36,7 +36,7 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_ADDRESS: u64 = 0x9000;
 /// Page-directory-pointer table of the boot identity map.
 pub const PDPT_ADDRESS: u64 = 0xa000;
-/// Page directory of the boot identity map (2 MiB pages).
+/// The four page directories of the boot identity map (2 MiB pages), one page each.
 pub const PD_ADDRESS: u64 = 0xb000;
 /// The kernel command line, NUL terminated.
 pub const CMDLINE_ADDRESS: u64 = 0x20000;
@@ -221,7 +221,7 @@ mod tests {
             (BOOT_STACK_POINTER - 0x800, 0x800),
             (PML4_ADDRESS, 4096),
             (PDPT_ADDRESS, 4096),
-            (PD_ADDRESS, 4096),
+            (PD_ADDRESS, 4 * 4096),
             (CMDLINE_ADDRESS, CMDLINE_MAX_SIZE as u64),
         ];
         areas.sort();

@@ -116,9 +116,8 @@ fn run_loop(vcpu: &mut VcpuFd, devices: &Devices, stop: &AtomicBool) -> VmEnd {
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => devices.pio_read(port, data),
-            // No MMIO devices: reads of unbacked addresses see all ones, writes vanish.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::MmioRead(addr, data)) => devices.mmio_read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => devices.mmio_write(addr, data),
             Ok(VcpuExit::Hlt) => return VmEnd::Halt,
             Ok(VcpuExit::Shutdown) => return VmEnd::TripleFault,
             Ok(VcpuExit::SystemEvent(kind, _)) => {

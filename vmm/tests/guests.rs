@@ -317,3 +317,78 @@ fn guest_walks_the_acpi_tables_from_the_rsdp() {
     assert_eq!(run(cfg).end, VmEnd::Reset);
     assert_eq!(serial.text(), "XSDTFACPAPIC0012");
 }
+
+/// mov dword [rbx + off], value (rbx holds the virtio device's register base).
+fn mmio_store(asm: Asm, off: u32, value: u32) -> Asm {
+    let asm = if off < 0x80 {
+        asm.bytes(&[0xc7, 0x43, off as u8])
+    } else {
+        asm.bytes(&[0xc7, 0x83]).bytes(&off.to_le_bytes())
+    };
+    asm.bytes(&value.to_le_bytes())
+}
+
+#[test]
+fn guest_driver_reads_the_root_disk_through_virtio_mmio() {
+    // The guest is a minimal virtio driver: it programs the device's registers at
+    // 0xc000_0000 (found in the MMIO gap the page tables map), points queue 0 at a descriptor
+    // table, submits one read of sector 1, then prints 4 bytes of the data, the status byte and
+    // the used index. The descriptors and request header are the program's static data.
+    let mut image = vec![0u8; 4 * 512];
+    image[512..516].copy_from_slice(b"DISK");
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(disk.path(), &image).unwrap();
+
+    let mut asm = Asm::default().bytes(&[0xbb, 0x00, 0x00, 0x00, 0xc0]); // mov ebx, 0xc0000000
+    for (off, v) in [
+        (0x70, 1 | 2),     // status: ACKNOWLEDGE | DRIVER
+        (0x24, 1),         // driver features select: high word
+        (0x20, 1),         // VIRTIO_F_VERSION_1
+        (0x70, 1 | 2 | 8), // FEATURES_OK
+        (0x30, 0),         // queue select 0
+        (0x38, 8),         // queue size 8
+        (0x80, 0x20_0000), // descriptor table
+        (0x84, 0),
+        (0x90, 0x20_1000), // available ring
+        (0x94, 0),
+        (0xa0, 0x20_2000), // used ring
+        (0xa4, 0),
+        (0x44, 1),             // queue ready
+        (0x70, 1 | 2 | 8 | 4), // DRIVER_OK
+        (0x50, 0),             // notify queue 0
+    ] {
+        asm = mmio_store(asm, off, v);
+    }
+    let code = asm
+        .mov_dx(0x3f8)
+        .bytes(&[0xbe, 0x00, 0x40, 0x20, 0x00]) // mov esi, 0x204000 (data)
+        .bytes(&[0xac, 0xee, 0xac, 0xee, 0xac, 0xee, 0xac, 0xee])
+        .bytes(&[0x8a, 0x04, 0x25, 0x00, 0x50, 0x20, 0x00]) // mov al, [0x205000] (status)
+        .bytes(&[0x04, b'0', 0xee])
+        .bytes(&[0x8a, 0x04, 0x25, 0x02, 0x20, 0x20, 0x00]) // mov al, [0x202002] (used idx)
+        .bytes(&[0x04, b'0', 0xee])
+        .i8042_reset();
+
+    let (mut cfg, serial) = config(code, "");
+    cfg.root_disk = Some(disk.path().to_owned());
+    let vm = Vm::new(cfg).unwrap();
+    let mem = vm.memory();
+    use vm_memory::{Bytes, GuestAddress};
+    let desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+        let at = GuestAddress(0x20_0000 + i * 16);
+        mem.write_obj(addr, at).unwrap();
+        mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+        mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+        mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+    };
+    desc(0, 0x20_3000, 16, 1, 1); // header, NEXT
+    desc(1, 0x20_4000, 512, 1 | 2, 2); // data, NEXT | WRITE
+    desc(2, 0x20_5000, 1, 2, 0); // status, WRITE
+    mem.write_obj(0u32, GuestAddress(0x20_3000)).unwrap(); // VIRTIO_BLK_T_IN
+    mem.write_obj(1u64, GuestAddress(0x20_3008)).unwrap(); // sector 1
+    mem.write_obj(0xffu8, GuestAddress(0x20_5000)).unwrap();
+    mem.write_obj(1u16, GuestAddress(0x20_1002)).unwrap(); // avail idx 1, ring[0] = 0
+
+    assert_eq!(vm.run().unwrap().end, VmEnd::Reset);
+    assert_eq!(serial.text(), "DISK01", "data, status OK, one used entry");
+}

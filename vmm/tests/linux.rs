@@ -70,6 +70,7 @@ fn debian_kernel_and_initrd_load_where_the_boot_protocol_wants_them() {
         mem_mib,
         cpus: 2,
         agent_uart: false,
+        block_device: false,
     };
     let loaded = boot::load(&mem, platform, &image, cmdline, Some(initrd.path())).unwrap();
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Nothing outlives a VM: no file descriptor (KVM VM/vCPU fds, eventfds), no thread, no guest
+//! Nothing outlives a VM: no file descriptor (KVM VM/vCPU fds, eventfds, the disk), no thread, no guest
 //! memory mapping. One test in its own binary, so no other test's VMs disturb the counts.
 
 use std::time::Duration;
@@ -21,7 +21,10 @@ fn vm_size_kb() -> u64 {
 }
 
 fn one_vm(code: Vec<u8>, timeout: Duration) -> VmEnd {
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(disk.path(), [0u8; 4096]).unwrap();
     let mut cfg = VmConfig::new(GuestImage::Raw(code));
+    cfg.root_disk = Some(disk.path().to_owned());
     cfg.mem_mib = 512;
     cfg.vcpus = 2;
     cfg.agent = Some(Box::new(std::io::sink()));

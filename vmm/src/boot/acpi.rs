@@ -18,7 +18,10 @@ use acpi_tables::{aml, Aml};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::{COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT};
+use super::Platform;
+use crate::devices::{
+    COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, VIRTIO_BLOCK_BASE, VIRTIO_BLOCK_GSI,
+};
 use crate::memory::GuestMemory;
 
 /// Where the RSDP goes: inside the 0xe0000-0xfffff range Linux scans when the zero page does
@@ -80,14 +83,30 @@ fn i8042() -> Vec<u8> {
     bytes(&aml::Device::new("_SB_.PS2_".into(), vec![&hid, &crs]))
 }
 
-/// The DSDT: the legacy devices this VM has.
-fn dsdt(agent_uart: bool) -> Vec<u8> {
+/// A virtio-mmio device as Linux's virtio_mmio driver finds it under ACPI: `LNRO0005` with
+/// its register window and interrupt.
+fn virtio_mmio(path: &str, uid: u8, base: u64, gsi: u32) -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let window = aml::Memory32Fixed::new(true, base as u32, 0x1000);
+    let irq = aml::Interrupt::new(true, true, false, false, gsi);
+    let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    bytes(&aml::Device::new(path.into(), vec![&hid, &uid, &crs]))
+}
+
+/// The DSDT: the devices this VM has.
+fn dsdt(platform: &Platform) -> Vec<u8> {
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, 1);
     table.append_slice(&uart("_SB_.COM1", 0, COM1_PORT, COM1_IRQ));
-    if agent_uart {
+    if platform.agent_uart {
         table.append_slice(&uart("_SB_.COM2", 1, COM2_PORT, COM2_IRQ));
     }
     table.append_slice(&i8042());
+    if platform.block_device {
+        let dev = virtio_mmio("_SB_.VBLK", 0, VIRTIO_BLOCK_BASE, VIRTIO_BLOCK_GSI);
+        table.append_slice(&dev);
+    }
     table.as_slice().to_vec()
 }
 
@@ -123,9 +142,10 @@ fn align16(addr: u64) -> u64 {
 }
 
 /// All tables with their guest addresses, RSDP first.
-pub fn build(cpus: u8, agent_uart: bool) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+pub fn build(platform: &Platform) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    let cpus = platform.cpus;
     let dsdt_addr = align16(RSDP_ADDRESS + Rsdp::len() as u64);
-    let dsdt = dsdt(agent_uart);
+    let dsdt = dsdt(platform);
     let fadt_addr = align16(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align16(fadt_addr + fadt.len() as u64);
@@ -149,8 +169,8 @@ pub fn build(cpus: u8, agent_uart: bool) -> Result<Vec<(u64, Vec<u8>)>, Error> {
 }
 
 /// Writes the tables; returns the RSDP address for the zero page.
-pub fn write(mem: &GuestMemory, cpus: u8, agent_uart: bool) -> Result<u64, Error> {
-    for (addr, table) in build(cpus, agent_uart)? {
+pub fn write(mem: &GuestMemory, platform: &Platform) -> Result<u64, Error> {
+    for (addr, table) in build(platform)? {
         mem.write_slice(&table, GuestAddress(addr))
             .map_err(Error::Write)?;
     }
@@ -160,6 +180,15 @@ pub fn write(mem: &GuestMemory, cpus: u8, agent_uart: bool) -> Result<u64, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn build(cpus: u8, agent_uart: bool) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        super::build(&Platform {
+            mem_mib: 64,
+            cpus,
+            agent_uart,
+            block_device: agent_uart,
+        })
+    }
 
     fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
@@ -226,7 +255,8 @@ mod tests {
         let without = &build(1, false).unwrap()[1].1;
         let has = |t: &[u8], name: &[u8]| t.windows(name.len()).any(|w| w == name);
         assert!(has(with, b"COM1") && has(with, b"COM2") && has(with, b"PS2_"));
-        assert!(has(without, b"COM1") && !has(without, b"COM2"));
+        assert!(has(with, b"VBLK") && has(with, b"LNRO0005"));
+        assert!(has(without, b"COM1") && !has(without, b"COM2") && !has(without, b"VBLK"));
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct Platform {
     pub cpus: u8,
     /// Whether COM2 (the agent UART) exists.
     pub agent_uart: bool,
+    /// Whether the virtio block device exists.
+    pub block_device: bool,
 }
 
 /// Loads the image, command line and initrd into `mem`, then the tables describing `platform`:
@@ -144,7 +146,7 @@ pub fn load(
         )?),
         None => None,
     };
-    let rsdp = acpi::write(mem, platform.cpus, platform.agent_uart)?;
+    let rsdp = acpi::write(mem, &platform)?;
     mptable::write(mem, platform.cpus)?;
     let params: boot_params = build_zero_page(&ZeroPageInputs {
         header,

@@ -1,18 +1,24 @@
 //! The legacy devices a microVM needs, on the port I/O bus: the 8250 serial console (COM1)
 //! and optionally a second UART for a guest agent (COM2), the i8042 (only so the guest can
-//! reset, which ends the VM), and the boot-timer marker port.
+//! reset, which ends the VM), the boot-timer marker port, and optionally a read-only virtio
+//! block device (virtio-mmio) for the root disk.
 //!
 //! The PIC, IOAPIC and PIT live in KVM; port I/O reaching us is for these devices or nobody.
 
+pub mod block;
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
+pub mod virtio_mmio;
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
+
+use crate::memory::GuestMemory;
 use thiserror::Error;
 
 pub use boot_timer::{BootTimer, BootTimerReading, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
@@ -24,7 +30,18 @@ pub enum Error {
     /// A serial interrupt could not be wired.
     #[error("cannot set up a serial port: {0}")]
     Serial(#[from] serial::Error),
+    /// The disk image could not be opened.
+    #[error(transparent)]
+    Block(#[from] block::Error),
+    /// The virtio transport could not be set up.
+    #[error("cannot set up the virtio block device: {0}")]
+    Virtio(#[from] virtio_mmio::Error),
 }
+
+/// Guest-physical base of the virtio block device's registers (in the MMIO gap).
+pub const VIRTIO_BLOCK_BASE: u64 = crate::memory::MMIO_GAP_START;
+/// Its interrupt (GSI; KVM routes GSI n to IOAPIC pin n).
+pub const VIRTIO_BLOCK_GSI: u32 = 5;
 
 /// What a port write asks of the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,19 +58,43 @@ pub struct Devices {
     agent: Option<Arc<SerialPort>>,
     i8042: Mutex<i8042::ResetPort>,
     boot_timer: BootTimer,
+    block: Option<Mutex<virtio_mmio::VirtioMmio>>,
+}
+
+/// What devices to create besides the console, i8042 and boot timer.
+pub struct DeviceConfig<'a> {
+    /// Console (COM1) output.
+    pub console_out: Box<dyn Write + Send>,
+    /// Agent UART (COM2) output, if wanted.
+    pub agent_out: Option<Box<dyn Write + Send>>,
+    /// Read-only root disk image, if wanted.
+    pub root_disk: Option<&'a Path>,
 }
 
 impl Devices {
     /// Creates the devices; `created` is the instant the VM creation started.
     pub fn new(
         vm: &VmFd,
-        console_out: Box<dyn Write + Send>,
-        agent_out: Option<Box<dyn Write + Send>>,
+        mem: &GuestMemory,
+        config: DeviceConfig<'_>,
         created: Instant,
     ) -> Result<Self, Error> {
-        let console = Arc::new(SerialPort::new(vm, COM1_PORT, COM1_IRQ, console_out)?);
-        let agent = match agent_out {
+        let console = Arc::new(SerialPort::new(
+            vm,
+            COM1_PORT,
+            COM1_IRQ,
+            config.console_out,
+        )?);
+        let agent = match config.agent_out {
             Some(out) => Some(Arc::new(SerialPort::new(vm, COM2_PORT, COM2_IRQ, out)?)),
+            None => None,
+        };
+        let block = match config.root_disk {
+            Some(path) => {
+                let disk = block::Block::open(path)?;
+                let dev = virtio_mmio::VirtioMmio::new(vm, disk, mem.clone(), VIRTIO_BLOCK_GSI)?;
+                Some(Mutex::new(dev))
+            }
             None => None,
         };
         Ok(Devices {
@@ -61,7 +102,30 @@ impl Devices {
             agent,
             i8042: Mutex::new(i8042::ResetPort::new()),
             boot_timer: BootTimer::new(created),
+            block,
         })
+    }
+
+    /// The block device and the offset into its window, if `addr` falls in it.
+    fn block_at(&self, addr: u64) -> Option<(&Mutex<virtio_mmio::VirtioMmio>, u64)> {
+        let block = self.block.as_ref()?;
+        let offset = addr.checked_sub(VIRTIO_BLOCK_BASE)?;
+        (offset < virtio_mmio::WINDOW).then_some((block, offset))
+    }
+
+    /// Handles an MMIO read: the block device's registers, or all ones for nothing there.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.block_at(addr) {
+            Some((dev, offset)) => lock(dev).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// Handles an MMIO write (dropped where no device is).
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some((dev, offset)) = self.block_at(addr) {
+            lock(dev).write(offset, data);
+        }
     }
 
     /// The UART owning `port`, and the register offset.
