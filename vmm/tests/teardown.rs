@@ -1,5 +1,6 @@
-//! Nothing outlives a VM: no file descriptor (KVM VM/vCPU fds, eventfds, the disk), no thread, no guest
-//! memory mapping. One test in its own binary, so no other test's VMs disturb the counts.
+//! Nothing outlives a VM: no file descriptor (KVM VM and vCPU fds, eventfds, the disk), no
+//! thread, no guest memory mapping. One test in its own binary, so no other test's VMs disturb the
+//! counts.
 
 use std::time::Duration;
 
