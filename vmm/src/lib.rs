@@ -34,6 +34,7 @@ pub use devices::{BootTimerReading, InputError, SerialInput, BOOT_TIMER_MAGIC, B
 pub use kvm::KvmKind;
 pub use vcpu::VmEnd;
 
+use devices::Devices;
 use memory::GuestMemory;
 use vcpu::Event;
 
@@ -170,8 +171,6 @@ pub struct Vm {
     stop: Arc<AtomicBool>,
 }
 
-use devices::Devices;
-
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
@@ -293,19 +292,23 @@ impl Vm {
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    stop_all(&stop, &threads);
+                    let _ = stop_all(&stop, &threads);
                     return Err(Error::Thread(e));
                 }
             }
         }
         let waited = self.wait(threads.len());
-        stop_all(&stop, &threads);
-        for t in threads {
-            // The threads have finished; join only reaps them. A panicked vCPU thread already
-            // reported nothing, and the VM is over either way.
+        let all_stopped = stop_all(&stop, &threads);
+        for t in threads.into_iter().filter(|t| t.is_finished()) {
+            // Join only reaps finished threads. A panicked vCPU thread already reported
+            // nothing, and the VM is over either way.
             let _ = t.join();
         }
         let end = match waited {
+            _ if !all_stopped => VmEnd::Error(format!(
+                "a vCPU thread did not stop within {STOP_GRACE:?} (blocked in a serial sink?); \
+                 it was left to finish on its own"
+            )),
             Waited::Ended(end) => end,
             Waited::Stopped => VmEnd::Stopped,
             // A guest whose boot vCPU sleeps in HLT with interrupts off has finished (or hung)
@@ -378,14 +381,24 @@ enum Waited {
     TimedOut,
 }
 
-/// Sets the stop flag and kicks every vCPU thread until it has left KVM_RUN and finished.
-/// Kicking repeats because a signal that lands just before a thread re-enters KVM_RUN is lost.
-fn stop_all(stop: &AtomicBool, threads: &[JoinHandle<()>]) {
+/// How long `run` waits for vCPU threads to stop before giving up on them.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Sets the stop flag and kicks every vCPU thread until it has left KVM_RUN and finished;
+/// false if one is still busy after `STOP_GRACE` (stuck writing to a blocked serial sink: the
+/// kick interrupts KVM_RUN, not the sink). Kicking repeats because a signal that lands just
+/// before a thread re-enters KVM_RUN is lost.
+fn stop_all(stop: &AtomicBool, threads: &[JoinHandle<()>]) -> bool {
     stop.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + STOP_GRACE;
     while threads.iter().any(|t| !t.is_finished()) {
+        if Instant::now() > deadline {
+            return false;
+        }
         for t in threads.iter().filter(|t| !t.is_finished()) {
             vcpu::kick(t);
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    true
 }
