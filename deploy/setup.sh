@@ -7,6 +7,11 @@ packages=(
   ca-certificates
   iproute2
   busybox-static
+  qemu-system-x86
+  e2fsprogs
+  cpio
+  util-linux
+  musl-tools
 )
 
 missing=()
@@ -24,3 +29,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (https://rustup.rs) and run again" >&2
   exit 1
 fi
+
+# Guest kernel and agent of the VM executor (isolation: vm).
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+"$(dirname "$0")/setup-vm-kernel.sh"
