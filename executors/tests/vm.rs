@@ -210,15 +210,31 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
     .await;
     let r = r.unwrap();
     assert!(r.success(), "{r:?}\nstdout: {out}\nstderr: {err}\n{sys}");
-    assert!(out.contains("checked out"), "the VM sees files made before it: {out}");
-    assert!(out.contains("from-image from-step /builds/project vmjob"), "{out}");
+    assert!(
+        out.contains("checked out"),
+        "the VM sees files made before it: {out}"
+    );
+    assert!(
+        out.contains("from-image from-step /builds/project vmjob"),
+        "{out}"
+    );
     assert_eq!(err.trim(), "to-stderr");
     assert!(sys.contains("vm: prepare disk"), "{sys}");
     let guest_kernel = std::fs::read_to_string(ws.join("guest-kernel")).unwrap();
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    assert!(guest_kernel.trim().ends_with("cloud-amd64"), "{guest_kernel}");
-    assert_ne!(guest_kernel.trim(), host_kernel.trim(), "the step ran on its own kernel");
-    assert_eq!(std::fs::read_to_string(ws.join("sub/artifact")).unwrap(), "built\n");
+    assert!(
+        guest_kernel.trim().ends_with("cloud-amd64"),
+        "{guest_kernel}"
+    );
+    assert_ne!(
+        guest_kernel.trim(),
+        host_kernel.trim(),
+        "the step ran on its own kernel"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("sub/artifact")).unwrap(),
+        "built\n"
+    );
 
     // A second VM step: sees the first one's files, not its writes outside the workspace;
     // its exit code comes back.
@@ -234,8 +250,14 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
     let r = r.unwrap();
     assert_eq!(r.exit_code, Some(3), "{r:?} {out}");
     assert!(!r.success());
-    assert!(out.contains("built") && out.contains("outside-gone"), "{out}");
-    assert!(!ws.join("from-host.txt").exists(), "deletions in the VM reach the workspace");
+    assert!(
+        out.contains("built") && out.contains("outside-gone"),
+        "{out}"
+    );
+    assert!(
+        !ws.join("from-host.txt").exists(),
+        "deletions in the VM reach the workspace"
+    );
     assert!(qemu_processes(f.dir.path()).is_empty());
     assert!(stray_files(&f.dir.path().join("data")).is_empty());
 }
@@ -254,7 +276,10 @@ async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
     let r = r.unwrap();
     assert!(r.timed_out && !r.success(), "{r:?}");
     assert!(out.contains("started"), "{out}");
-    assert!(qemu_processes(f.dir.path()).is_empty(), "QEMU survived a timeout");
+    assert!(
+        qemu_processes(f.dir.path()).is_empty(),
+        "QEMU survived a timeout"
+    );
 
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -263,7 +288,9 @@ async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
     let s = step("echo started; sleep 120", Duration::from_secs(300));
     let watcher = tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            if chunk.stream == Stream::Stdout && String::from_utf8_lossy(&chunk.data).contains("started") {
+            if chunk.stream == Stream::Stdout
+                && String::from_utf8_lossy(&chunk.data).contains("started")
+            {
                 c.cancel();
             }
         }
@@ -272,7 +299,10 @@ async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
     watcher.await.unwrap();
     assert!(r.cancelled && !r.success(), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(100));
-    assert!(qemu_processes(f.dir.path()).is_empty(), "QEMU survived a cancel");
+    assert!(
+        qemu_processes(f.dir.path()).is_empty(),
+        "QEMU survived a cancel"
+    );
     assert!(stray_files(&data).is_empty(), "{:?}", stray_files(&data));
 }
 
@@ -292,9 +322,16 @@ async fn host_image_and_host_network_are_refused_clearly() {
         run(&f, &s, CancellationToken::new()).await.0,
         Err(ExecutorError::Unsupported(_))
     ));
-    assert!(f.job.description.starts_with("vm (qemu, "), "{}", f.job.description);
+    assert!(
+        f.job.description.starts_with("vm (qemu, "),
+        "{}",
+        f.job.description
+    );
     if Path::new("/sys/module/kvm_pvm").exists() {
-        assert_eq!(f.job.description, "vm (qemu, tcg)", "PVM hosts must use TCG");
+        assert_eq!(
+            f.job.description, "vm (qemu, tcg)",
+            "PVM hosts must use TCG"
+        );
     }
 }
 
@@ -305,7 +342,10 @@ async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
     assert!(f.exec.wait_pool_ready(Duration::from_secs(60)).await);
     let (r, out, _, sys) = run(
         &f,
-        &step("echo warm > w.txt; cat /proc/uptime", Duration::from_secs(60)),
+        &step(
+            "echo warm > w.txt; cat /proc/uptime",
+            Duration::from_secs(60),
+        ),
         CancellationToken::new(),
     )
     .await;
@@ -324,5 +364,8 @@ async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
     while !qemu_processes(dir.path()).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(qemu_processes(dir.path()).is_empty(), "pool VM survived its executor");
+    assert!(
+        qemu_processes(dir.path()).is_empty(),
+        "pool VM survived its executor"
+    );
 }

@@ -73,7 +73,11 @@ fn agent(chan: &mut Option<File>) -> Result<(), AgentError> {
             }
             .into())
         }
-        None => return Err(AgentError::Step("host closed the channel before Run".into())),
+        None => {
+            return Err(AgentError::Step(
+                "host closed the channel before Run".into(),
+            ))
+        }
     };
     let exit = step::run_step(c, &run, Path::new(NEWROOT))?;
     protocol::write_json(c, Kind::Exit, &exit)?;
@@ -85,7 +89,13 @@ fn boot() -> Result<String, AgentError> {
     let safe = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys::mount_fs("proc", Path::new("/proc"), "proc", safe, None)?;
     sys::mount_fs("sysfs", Path::new("/sys"), "sysfs", safe, None)?;
-    sys::mount_fs("devtmpfs", Path::new("/dev"), "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    sys::mount_fs(
+        "devtmpfs",
+        Path::new("/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        None,
+    )?;
     sys::load_modules(Path::new("/lib/modules/load.order"))?;
     sys::configure_interface("lo", None)?;
     Ok(fs::read_to_string("/proc/cmdline").unwrap_or_default())
@@ -106,12 +116,30 @@ fn mount_image_root(dev: &str) -> Result<(), AgentError> {
         fs::create_dir_all(rw.join(d)).map_err(|e| AgentError::Step(format!("tmpfs: {e}")))?;
     }
     let opts = "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work";
-    sys::mount_fs("overlay", Path::new(NEWROOT), "overlay", MsFlags::empty(), Some(opts))?;
+    sys::mount_fs(
+        "overlay",
+        Path::new(NEWROOT),
+        "overlay",
+        MsFlags::empty(),
+        Some(opts),
+    )?;
     let root = PathBuf::from(NEWROOT);
     let safe = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys::mount_fs("proc", &root.join("proc"), "proc", safe, None)?;
-    sys::mount_fs("sysfs", &root.join("sys"), "sysfs", safe | MsFlags::MS_RDONLY, None)?;
-    sys::mount_fs("devtmpfs", &root.join("dev"), "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    sys::mount_fs(
+        "sysfs",
+        &root.join("sys"),
+        "sysfs",
+        safe | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    sys::mount_fs(
+        "devtmpfs",
+        &root.join("dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        None,
+    )?;
     sys::mount_fs(
         "devpts",
         &root.join("dev/pts"),
@@ -120,20 +148,29 @@ fn mount_image_root(dev: &str) -> Result<(), AgentError> {
         Some("newinstance,ptmxmode=0666"),
     )?;
     sys::mount_fs("tmpfs", &root.join("dev/shm"), "tmpfs", safe, None)?;
-    sys::mount_fs("tmpfs", &root.join("tmp"), "tmpfs", MsFlags::MS_NOSUID, Some("mode=1777"))?;
+    sys::mount_fs(
+        "tmpfs",
+        &root.join("tmp"),
+        "tmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=1777"),
+    )?;
     Ok(())
 }
 
 fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().find_map(|w| {
-        w.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix('='))
-    })
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
 }
 
 fn uptime_ms() -> u64 {
     let mut s = String::new();
     let _ = File::open("/proc/uptime").and_then(|mut f| f.read_to_string(&mut s));
-    let secs: f64 = s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let secs: f64 = s
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     (secs * 1000.0) as u64
 }

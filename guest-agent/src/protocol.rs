@@ -152,7 +152,11 @@ pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> Result<(),
 }
 
 /// Write a JSON message frame.
-pub fn write_json<T: Serialize>(w: &mut impl Write, kind: Kind, msg: &T) -> Result<(), ProtocolError> {
+pub fn write_json<T: Serialize>(
+    w: &mut impl Write,
+    kind: Kind,
+    msg: &T,
+) -> Result<(), ProtocolError> {
     let payload = serde_json::to_vec(msg).map_err(|source| ProtocolError::Json { kind, source })?;
     write_frame(w, kind, &payload)
 }
@@ -177,7 +181,10 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<(Kind, Vec<u8>)>, Protocol
 }
 
 /// Decode the JSON payload of a frame of kind `kind`.
-pub fn decode<T: for<'de> Deserialize<'de>>(kind: Kind, payload: &[u8]) -> Result<T, ProtocolError> {
+pub fn decode<T: for<'de> Deserialize<'de>>(
+    kind: Kind,
+    payload: &[u8],
+) -> Result<T, ProtocolError> {
     serde_json::from_slice(payload).map_err(|source| ProtocolError::Json { kind, source })
 }
 
@@ -289,10 +296,21 @@ mod tests {
     fn frames_round_trip() {
         let mut wire = Vec::new();
         write_frame(&mut wire, Kind::Stdout, b"hello").unwrap();
-        write_json(&mut wire, Kind::Exit, &Exit { code: Some(3), signal: None }).unwrap();
+        write_json(
+            &mut wire,
+            Kind::Exit,
+            &Exit {
+                code: Some(3),
+                signal: None,
+            },
+        )
+        .unwrap();
         assert_eq!(&wire[..5], &[0x02, 5, 0, 0, 0]);
         let mut r = &wire[..];
-        assert_eq!(read_frame(&mut r).unwrap(), Some((Kind::Stdout, b"hello".to_vec())));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some((Kind::Stdout, b"hello".to_vec()))
+        );
         let (k, p) = read_frame(&mut r).unwrap().unwrap();
         assert_eq!(k, Kind::Exit);
         let e: Exit = decode(k, &p).unwrap();
@@ -332,7 +350,10 @@ mod tests {
             .unwrap();
         assert_eq!(back, data);
         // The reader stops at the end frame and leaves the next frame alone.
-        assert_eq!(read_frame(&mut r).unwrap(), Some((Kind::Stdout, b"after".to_vec())));
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some((Kind::Stdout, b"after".to_vec()))
+        );
     }
 
     #[test]
@@ -341,8 +362,10 @@ mod tests {
         write_frame(&mut wire, Kind::Stdout, b"x").unwrap();
         let mut r = &wire[..];
         let mut out = Vec::new();
-        assert!(FrameReader::new(&mut r, Kind::WorkspaceIn, Kind::WorkspaceInEnd)
-            .read_to_end(&mut out)
-            .is_err());
+        assert!(
+            FrameReader::new(&mut r, Kind::WorkspaceIn, Kind::WorkspaceInEnd)
+                .read_to_end(&mut out)
+                .is_err()
+        );
     }
 }

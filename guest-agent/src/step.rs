@@ -92,8 +92,16 @@ fn spawn_and_stream(chan: &mut File, run: &Run, root: &Path) -> Result<Exit, Age
     let mut child = cmd
         .spawn()
         .map_err(|e| AgentError::Step(format!("cannot start {prog}: {e}")))?;
-    let out: OwnedFd = child.stdout.take().map(Into::into).ok_or_else(|| AgentError::Step("no stdout".into()))?;
-    let err: OwnedFd = child.stderr.take().map(Into::into).ok_or_else(|| AgentError::Step("no stderr".into()))?;
+    let out: OwnedFd = child
+        .stdout
+        .take()
+        .map(Into::into)
+        .ok_or_else(|| AgentError::Step("no stdout".into()))?;
+    let err: OwnedFd = child
+        .stderr
+        .take()
+        .map(Into::into)
+        .ok_or_else(|| AgentError::Step("no stderr".into()))?;
     let mut open = [Some((out, Kind::Stdout)), Some((err, Kind::Stderr))];
     let mut buf = vec![0u8; protocol::CHUNK];
     let mut status = None;
@@ -155,7 +163,8 @@ fn send_workspace(chan: &mut File, ws: &Path) -> Result<(), AgentError> {
         let mut b = tar::Builder::new(&mut w);
         b.follow_symlinks(false);
         b.mode(tar::HeaderMode::Complete);
-        b.append_dir_all(".", ws).map_err(step_err("pack workspace"))?;
+        b.append_dir_all(".", ws)
+            .map_err(step_err("pack workspace"))?;
         b.into_inner()
             .and_then(|w| w.flush())
             .map_err(step_err("send workspace"))?;

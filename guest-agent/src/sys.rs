@@ -26,7 +26,10 @@ pub enum SysError {
         source: std::io::Error,
     },
     #[error("network setup ({what}): {source}")]
-    Net { what: &'static str, source: nix::Error },
+    Net {
+        what: &'static str,
+        source: nix::Error,
+    },
     #[error("no agent channel: {0}")]
     NoChannel(String),
 }
@@ -133,35 +136,60 @@ pub fn open_channel(path: &Path) -> Result<File, SysError> {
 }
 
 /// Bring an interface up and, if given, set its IPv4 address and netmask.
-pub fn configure_interface(
-    name: &str,
-    addr: Option<([u8; 4], [u8; 4])>,
-) -> Result<(), SysError> {
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|source| SysError::Net { what: "socket", source })?;
+pub fn configure_interface(name: &str, addr: Option<([u8; 4], [u8; 4])>) -> Result<(), SysError> {
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|source| SysError::Net {
+        what: "socket",
+        source,
+    })?;
     let fd = sock.as_raw_fd();
     if let Some((ip, mask)) = addr {
-        ifreq_addr(fd, name, libc_consts::SIOCSIFADDR, ip)
-            .map_err(|source| SysError::Net { what: "set address", source })?;
-        ifreq_addr(fd, name, libc_consts::SIOCSIFNETMASK, mask)
-            .map_err(|source| SysError::Net { what: "set netmask", source })?;
+        ifreq_addr(fd, name, libc_consts::SIOCSIFADDR, ip).map_err(|source| SysError::Net {
+            what: "set address",
+            source,
+        })?;
+        ifreq_addr(fd, name, libc_consts::SIOCSIFNETMASK, mask).map_err(|source| {
+            SysError::Net {
+                what: "set netmask",
+                source,
+            }
+        })?;
     }
     let mut req = ifreq(name);
     // SAFETY: `req` is a valid ifreq naming the interface; SIOCGIFFLAGS fills ifru_flags.
     let r = unsafe { nix::libc::ioctl(fd, libc_consts::SIOCGIFFLAGS, &mut req) };
-    nix::errno::Errno::result(r).map_err(|source| SysError::Net { what: "get flags", source })?;
+    nix::errno::Errno::result(r).map_err(|source| SysError::Net {
+        what: "get flags",
+        source,
+    })?;
     // SAFETY: SIOCGIFFLAGS just initialised the flags member of the union.
     unsafe { req.ifr_ifru.ifru_flags |= (nix::libc::IFF_UP | nix::libc::IFF_RUNNING) as i16 };
     // SAFETY: as above; SIOCSIFFLAGS only reads the ifreq.
     let r = unsafe { nix::libc::ioctl(fd, libc_consts::SIOCSIFFLAGS, &req) };
-    nix::errno::Errno::result(r).map_err(|source| SysError::Net { what: "set flags", source })?;
+    nix::errno::Errno::result(r).map_err(|source| SysError::Net {
+        what: "set flags",
+        source,
+    })?;
     Ok(())
 }
 
 /// Add a default IPv4 route through `gw`.
 pub fn add_default_route(gw: [u8; 4]) -> Result<(), SysError> {
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|source| SysError::Net { what: "socket", source })?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|source| SysError::Net {
+        what: "socket",
+        source,
+    })?;
     // SAFETY: rtentry is plain old data; all-zero is a valid (empty) value.
     let mut rt: nix::libc::rtentry = unsafe { std::mem::zeroed() };
     rt.rt_dst = sockaddr_in([0, 0, 0, 0]);
@@ -172,7 +200,10 @@ pub fn add_default_route(gw: [u8; 4]) -> Result<(), SysError> {
     let r = unsafe { nix::libc::ioctl(sock.as_raw_fd(), libc_consts::SIOCADDRT, &rt) };
     nix::errno::Errno::result(r)
         .map(drop)
-        .map_err(|source| SysError::Net { what: "default route", source })
+        .map_err(|source| SysError::Net {
+            what: "default route",
+            source,
+        })
 }
 
 /// Request codes as the musl and glibc `ioctl` prototypes want them.

@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn classifies_kvm_backends() {
-        assert_eq!(KvmKind::detect_in(fake(&["kvm", "kvm_pvm"], true).path()), KvmKind::Pvm);
+        assert_eq!(
+            KvmKind::detect_in(fake(&["kvm", "kvm_pvm"], true).path()),
+            KvmKind::Pvm
+        );
         assert_eq!(
             KvmKind::detect_in(fake(&["kvm", "kvm_intel"], true).path()),
             KvmKind::Hardware("kvm_intel")
@@ -98,8 +101,14 @@ mod tests {
             KvmKind::detect_in(fake(&["kvm_amd"], true).path()),
             KvmKind::Hardware("kvm_amd")
         );
-        assert_eq!(KvmKind::detect_in(fake(&["kvm"], true).path()), KvmKind::Unknown);
-        assert_eq!(KvmKind::detect_in(fake(&["kvm_intel"], false).path()), KvmKind::Absent);
+        assert_eq!(
+            KvmKind::detect_in(fake(&["kvm"], true).path()),
+            KvmKind::Unknown
+        );
+        assert_eq!(
+            KvmKind::detect_in(fake(&["kvm_intel"], false).path()),
+            KvmKind::Absent
+        );
         assert!(!KvmKind::Pvm.can_boot_linux());
         assert!(KvmKind::Hardware("kvm_amd").can_boot_linux());
     }

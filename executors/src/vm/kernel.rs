@@ -160,10 +160,18 @@ pub fn initramfs(kernel: &GuestKernel, agent: &Path, cache_dir: &Path) -> Result
         entries.push(Entry::file(&format!("lib/modules/{name}.ko"), 0o644, data));
         order.push_str(&format!("{name}.ko\n"));
     }
-    entries.push(Entry::file("lib/modules/load.order", 0o644, order.into_bytes()));
+    entries.push(Entry::file(
+        "lib/modules/load.order",
+        0o644,
+        order.into_bytes(),
+    ));
     for (name, p) in &net {
         let data = fs::read(p).map_err(|e| VmError::io(p, e))?;
-        entries.push(Entry::file(&format!("lib/modules/net/{name}.ko"), 0o644, data));
+        entries.push(Entry::file(
+            &format!("lib/modules/net/{name}.ko"),
+            0o644,
+            data,
+        ));
     }
     let tmp = cache_dir.join(format!(".initramfs-{}.tmp", std::process::id()));
     write_cpio(&tmp, entries)?;
@@ -248,7 +256,13 @@ mod tests {
         .into_iter()
         .collect();
         let builtin: HashSet<String> = ["overlay".to_string()].into();
-        let order = load_order(&index, &builtin, &["virtio_blk", "overlay"], &HashSet::new()).unwrap();
+        let order = load_order(
+            &index,
+            &builtin,
+            &["virtio_blk", "overlay"],
+            &HashSet::new(),
+        )
+        .unwrap();
         let names: Vec<_> = order.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["virtio_ring", "virtio", "virtio_blk"]);
         assert!(load_order(&index, &builtin, &["nope"], &HashSet::new()).is_err());
@@ -260,7 +274,10 @@ mod tests {
         let p = d.path().join("a.cpio");
         write_cpio(
             &p,
-            vec![Entry::dir("lib"), Entry::file("lib/x", 0o644, b"hello".to_vec())],
+            vec![
+                Entry::dir("lib"),
+                Entry::file("lib/x", 0o644, b"hello".to_vec()),
+            ],
         )
         .unwrap();
         let out = std::process::Command::new("cpio")

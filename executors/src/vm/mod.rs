@@ -157,7 +157,9 @@ impl VmExecutor {
     /// With the QEMU backend, accelerated as [`VmConfig::accel`] (or the host) allows.
     /// Builds the initramfs if needed (blocking: call at start-up).
     pub fn new(cfg: VmConfig, images: Arc<dyn ImageProvider>) -> Result<VmExecutor, VmError> {
-        let accel = cfg.accel.unwrap_or_else(|| Accel::for_host(KvmKind::detect()));
+        let accel = cfg
+            .accel
+            .unwrap_or_else(|| Accel::for_host(KvmKind::detect()));
         let qemu = Qemu {
             binary: cfg.qemu.clone(),
             accel,
@@ -251,7 +253,11 @@ impl Inner {
         }
     }
 
-    async fn boot(&self, spec: &VmSpec, cancel: &CancellationToken) -> Result<session::ReadyVm, VmError> {
+    async fn boot(
+        &self,
+        spec: &VmSpec,
+        cancel: &CancellationToken,
+    ) -> Result<session::ReadyVm, VmError> {
         let started = Instant::now();
         let vm = self.hypervisor.boot(spec).await?;
         session::wait_ready(vm, started, self.cfg.boot_timeout, cancel).await
@@ -261,7 +267,9 @@ impl Inner {
 /// Leftovers of a runner killed while building a disk or initramfs.
 fn remove_stale_temp_files(cache: &Path) {
     for dir in [cache.to_path_buf(), cache.join("disks")] {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
@@ -345,17 +353,16 @@ impl Executor for VmExecutor {
             }
             ImageSpec::Oci(r) => r.clone(),
         };
-        let network = match step.network {
-            Network::None => false,
-            Network::Bridge => true,
-            Network::Host => {
-                return Err(ExecutorError::Unsupported(
+        let network =
+            match step.network {
+                Network::None => false,
+                Network::Bridge => true,
+                Network::Host => return Err(ExecutorError::Unsupported(
                     "`network: host` cannot run with isolation vm: use `bridge` (user-mode NAT) \
                      or `none`"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let mut bd = Breakdown::default();
         let t = Instant::now();
         let (image, disk) = self.inner.root_disk(&reference, &output).await?;
@@ -394,7 +401,9 @@ impl Executor for VmExecutor {
         let ws_tar = pack
             .await
             .map_err(|e| ExecutorError::Backend(format!("vm: pack task: {e}")))?
-            .map_err(|e| VmError::Workspace(format!("packing {}: {e}", job.job.workspace.display())))?;
+            .map_err(|e| {
+                VmError::Workspace(format!("packing {}: {e}", job.job.workspace.display()))
+            })?;
         let run = Run {
             argv: argv(step.shell, &step.script),
             env: step_env(&image, step),
@@ -404,7 +413,8 @@ impl Executor for VmExecutor {
             workspace: true,
         };
         let t = Instant::now();
-        let outcome = session::run(ready, &run, Some(ws_tar), &output, step.timeout, &cancel).await?;
+        let outcome =
+            session::run(ready, &run, Some(ws_tar), &output, step.timeout, &cancel).await?;
         let finished = outcome.finished_at.unwrap_or_else(Instant::now);
         bd.run = finished - t;
         bd.shutdown = finished.elapsed();
@@ -480,6 +490,8 @@ mod tests {
             warm: false,
             ..Default::default()
         };
-        assert!(b.line().starts_with("vm: prepare disk 0 ms, boot 1500 ms, run 0 ms"));
+        assert!(b
+            .line()
+            .starts_with("vm: prepare disk 0 ms, boot 1500 ms, run 0 ms"));
     }
 }

@@ -69,7 +69,12 @@ impl Qemu {
             "-M".into(),
             format!("microvm,accel={accel},pit=on,pic=on,rtc=on"),
             "-cpu".into(),
-            if self.accel == Accel::Kvm { "host" } else { "qemu64" }.into(),
+            if self.accel == Accel::Kvm {
+                "host"
+            } else {
+                "qemu64"
+            }
+            .into(),
             "-smp".into(),
             spec.cpus.max(1).to_string(),
             "-m".into(),
@@ -230,7 +235,10 @@ mod tests {
         assert!(a.contains("microvm,accel=tcg"), "{a}");
         assert!(a.contains("-smp 2 -m 256M"), "{a}");
         assert!(a.contains("tsc_early_khz=2000000 runner.x=1"), "{a}");
-        assert!(a.contains("file=/d/root.ext4,format=raw,if=none,readonly=on"), "{a}");
+        assert!(
+            a.contains("file=/d/root.ext4,format=raw,if=none,readonly=on"),
+            "{a}"
+        );
         assert!(!a.contains("netdev"), "no NIC unless asked: {a}");
         let n = q.args(&spec(true)).join(" ");
         assert!(n.contains("-netdev user,id=net0"), "{n}");

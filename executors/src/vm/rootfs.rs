@@ -28,7 +28,10 @@ pub fn base_disk(image: &ResolvedImage, dir: &Path) -> Result<PathBuf, VmError> 
         return Ok(path);
     }
     if image.layers.is_empty() {
-        return Err(VmError::RootDisk(format!("image {} has no layers", image.digest)));
+        return Err(VmError::RootDisk(format!(
+            "image {} has no layers",
+            image.digest
+        )));
     }
     fs::create_dir_all(dir).map_err(|e| VmError::io(dir, e))?;
     let (bytes, files) = image
@@ -51,7 +54,10 @@ pub fn base_disk(image: &ResolvedImage, dir: &Path) -> Result<PathBuf, VmError> 
     let _mnt;
     if let [only] = image.layers.as_slice() {
         cmd = Command::new("sh");
-        cmd.arg("-c").arg(format!("exec {mkfs}")).arg(only).arg(tmp.path());
+        cmd.arg("-c")
+            .arg(format!("exec {mkfs}"))
+            .arg(only)
+            .arg(tmp.path());
     } else {
         // Several layers: merge them with a read-only overlay mount (which applies the
         // whiteouts) in a private mount namespace that dies with the command, so a crash
@@ -67,7 +73,9 @@ pub fn base_disk(image: &ResolvedImage, dir: &Path) -> Result<PathBuf, VmError> 
             .map(|l| l.display().to_string())
             .collect();
         if lower.iter().any(|l| l.contains(':') || l.contains(',')) {
-            return Err(VmError::RootDisk("layer paths must not contain ':' or ','".into()));
+            return Err(VmError::RootDisk(
+                "layer paths must not contain ':' or ','".into(),
+            ));
         }
         cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -152,17 +160,28 @@ mod tests {
         };
         let cache = d.path().join("cache");
         let disk = base_disk(&img, &cache).unwrap();
-        assert_eq!(base_disk(&img, &cache).unwrap(), disk, "second call reuses the cache");
+        assert_eq!(
+            base_disk(&img, &cache).unwrap(),
+            disk,
+            "second call reuses the cache"
+        );
         let ls = Command::new("debugfs")
             .args(["-R", "ls -l /"])
             .arg(&disk)
             .output()
             .expect("debugfs (e2fsprogs) is installed");
         let listing = String::from_utf8_lossy(&ls.stdout);
-        assert!(listing.contains("new") && listing.contains("etc"), "{listing}");
+        assert!(
+            listing.contains("new") && listing.contains("etc"),
+            "{listing}"
+        );
         assert!(!listing.contains("gone"), "whiteout applied: {listing}");
         // No temporary files or mount points are left in the cache.
-        let left: Vec<_> = fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(left.len(), 1, "{left:?}");
     }
 }

@@ -26,7 +26,9 @@ pub struct ReadyVm {
 
 impl std::fmt::Debug for ReadyVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadyVm").field("hello", &self.hello).finish_non_exhaustive()
+        f.debug_struct("ReadyVm")
+            .field("hello", &self.hello)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,8 +97,12 @@ pub async fn wait_ready(
             expected: Kind::Hello,
             got: kind,
         }),
-        Some(Err(e)) => Err(protocol::ProtocolError::Io(std::io::Error::other(e.to_string()))),
-        None => Err(protocol::ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        Some(Err(e)) => Err(protocol::ProtocolError::Io(std::io::Error::other(
+            e.to_string(),
+        ))),
+        None => Err(protocol::ProtocolError::Io(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )),
     };
     let hello = match hello {
         Ok(h) if h.version == PROTOCOL_VERSION => h,
@@ -171,9 +177,11 @@ async fn drive(
         protocol::write_json(&mut buf, Kind::Run, run).map_err(|e| e.to_string())?;
         if let Some(ws) = &workspace {
             for chunk in ws.chunks(protocol::CHUNK) {
-                protocol::write_frame(&mut buf, Kind::WorkspaceIn, chunk).map_err(|e| e.to_string())?;
+                protocol::write_frame(&mut buf, Kind::WorkspaceIn, chunk)
+                    .map_err(|e| e.to_string())?;
             }
-            protocol::write_frame(&mut buf, Kind::WorkspaceInEnd, &[]).map_err(|e| e.to_string())?;
+            protocol::write_frame(&mut buf, Kind::WorkspaceInEnd, &[])
+                .map_err(|e| e.to_string())?;
         }
         writer.write_all(&buf).await.map_err(|e| e.to_string())?;
         writer.flush().await.map_err(|e| e.to_string())

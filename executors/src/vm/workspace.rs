@@ -69,7 +69,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o750);
         assert!(!b.join("stale").exists());
         // Nothing is left beside the workspace.
-        let names: Vec<_> = fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 
