@@ -92,6 +92,7 @@ pub fn validate_str(source: &str, file: &str) -> Result<Validated, Diagnostics> 
     let Some(pipeline) = d.pipeline(&root) else {
         return Err(finish(d.diags));
     };
+    check_secrets_not_in_env(&pipeline, &mut d);
     let needs = graph::check_needs(&pipeline, &mut d);
     let order = match graph::order(&needs) {
         Ok(order) => order,
@@ -152,4 +153,30 @@ fn read(path: &Path) -> Result<String, Diagnostics> {
             hint,
         }])
     })
+}
+
+/// A name listed in a step's `secrets` must not also be set in an `env` the step sees: the
+/// value would be in the file, and which one wins would be a surprise.
+fn check_secrets_not_in_env(p: &model::Pipeline, d: &mut decode::Decoder) {
+    for job in &p.jobs {
+        for step in &job.steps {
+            for (name, (pos, path)) in step.secrets.iter().zip(&step.secrets_at) {
+                let level = if step.env.contains_key(name) {
+                    "the step's"
+                } else if job.env.contains_key(name) {
+                    "the job's"
+                } else if p.env.contains_key(name) {
+                    "the pipeline's"
+                } else {
+                    continue;
+                };
+                d.error(
+                    *pos,
+                    path,
+                    format!("`{name}` is a secret of this step and is also set in {level} `env`"),
+                    Some("secret values come from the runner; remove it from `env`".into()),
+                );
+            }
+        }
+    }
 }
