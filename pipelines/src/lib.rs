@@ -60,34 +60,31 @@ pub fn validate_file(path: &Path) -> Result<Validated, Diagnostics> {
 /// Parse and validate pipeline YAML: every problem found, in file order, or the checked model.
 pub fn validate_str(source: &str, file: &str) -> Result<Validated, Diagnostics> {
     let mut d = decode::Decoder::new(file);
-    let root = match yaml::parse(source) {
-        Ok(Some(root)) => root,
-        Ok(None) => {
+    let (root, yaml_errors) = yaml::parse_lenient(source);
+    for e in yaml_errors {
+        // The scanner's words for a tab are cryptic; say what to do about it.
+        let line = source
+            .lines()
+            .nth(e.pos.line.saturating_sub(1))
+            .unwrap_or("");
+        let tab_indent = line.trim_start_matches(' ').starts_with('\t');
+        let hint = if e.message.starts_with("YAML syntax") && tab_indent {
+            Some("indent with spaces: YAML does not allow tabs for indentation".into())
+        } else {
+            e.hint
+        };
+        d.error(e.pos, "", e.message, hint);
+    }
+    let Some(root) = root else {
+        if d.diags.is_empty() {
             d.error(
                 Pos::new(1, 1),
                 "",
                 "the file is empty",
                 Some("a pipeline needs `jobs:` with at least one job; see docs/pipeline.md".into()),
             );
-            return Err(finish(d.diags));
         }
-        Err(errors) => {
-            for e in errors {
-                // The scanner's words for a tab are cryptic; say what to do about it.
-                let line = source
-                    .lines()
-                    .nth(e.pos.line.saturating_sub(1))
-                    .unwrap_or("");
-                let tab_indent = line.trim_start_matches(' ').starts_with('\t');
-                let hint = if e.message.starts_with("YAML syntax") && tab_indent {
-                    Some("indent with spaces: YAML does not allow tabs for indentation".into())
-                } else {
-                    e.hint
-                };
-                d.error(e.pos, "", e.message, hint);
-            }
-            return Err(finish(d.diags));
-        }
+        return Err(finish(d.diags));
     };
     let Some(pipeline) = d.pipeline(&root) else {
         return Err(finish(d.diags));

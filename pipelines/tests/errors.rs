@@ -731,3 +731,21 @@ jobs:
     );
     hint(&e[2], "remove it from `env`");
 }
+
+#[test]
+fn yaml_level_problems_do_not_hide_the_others() {
+    let src = "\
+jobs:
+  a:
+    steps: [x]
+    steps: [y]
+    retry: many
+  b: !custom
+    steps: [z]
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    at(&e[0], 4, 5, "", "duplicate key `steps`");
+    at(&e[1], 5, 12, "jobs.a.retry", "expected a whole number");
+    at(&e[2], 6, 6, "", "YAML tag `!custom` is not supported here");
+}
