@@ -5,6 +5,10 @@ mod cmd;
 mod config;
 mod jobrun;
 mod paths;
+mod protocol;
+mod metrics;
+mod coordinator;
+mod agent;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,1 @@
+//! The runner agent (`runner run`).
