@@ -6,6 +6,7 @@ pub mod exec;
 pub mod image;
 pub mod logs;
 pub mod register;
+pub mod remote;
 pub mod run;
 pub mod runners;
 pub mod runs;
