@@ -161,9 +161,18 @@ mod tests {
             .set(3);
         m.step_seconds.observe(0.2);
         let text = m.render();
-        assert!(text.contains("runner_coordinator_log_bytes_received_total 42"), "{text}");
-        assert!(text.contains("runner_coordinator_jobs{state=\"running\"} 3"), "{text}");
-        assert!(text.contains("runner_coordinator_step_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("runner_coordinator_log_bytes_received_total 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("runner_coordinator_jobs{state=\"running\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("runner_coordinator_step_duration_seconds_count 1"),
+            "{text}"
+        );
         let a = AgentMetrics::new();
         a.jobs_running.set(1);
         assert!(render(&a.registry).contains("runner_agent_jobs_running 1"));

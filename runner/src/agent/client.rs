@@ -72,11 +72,7 @@ async fn rewind_size(resp: reqwest::Response) -> u64 {
         .and_then(|(_, end)| end.trim().parse().ok());
     match from_header {
         Some(n) => n,
-        None => resp
-            .json::<RewindBody>()
-            .await
-            .map(|b| b.size)
-            .unwrap_or(0),
+        None => resp.json::<RewindBody>().await.map(|b| b.size).unwrap_or(0),
     }
 }
 
@@ -140,9 +136,7 @@ impl Client {
             .await
             .map_err(ClientError::Unreachable)?;
         match resp.status() {
-            StatusCode::CREATED => Ok(Some(
-                resp.json().await.map_err(ClientError::Unreachable)?,
-            )),
+            StatusCode::CREATED => Ok(Some(resp.json().await.map_err(ClientError::Unreachable)?)),
             StatusCode::NO_CONTENT => Ok(None),
             _ => Err(error_of(resp).await),
         }
@@ -166,7 +160,13 @@ impl Client {
     }
 
     /// Appends `data` at `start`; returns the coordinator's answer (its size and what to do).
-    pub async fn patch_log(&self, job: i64, token: &str, start: u64, data: Vec<u8>) -> Result<JobAck> {
+    pub async fn patch_log(
+        &self,
+        job: i64,
+        token: &str,
+        start: u64,
+        data: Vec<u8>,
+    ) -> Result<JobAck> {
         let range = ContentRange::for_body(start, data.len() as u64);
         let resp = self
             .http

@@ -78,7 +78,9 @@ pub async fn run(agent: Arc<Agent>, p: JobPayload, hard_cancel: CancellationToke
     };
     stop_hb.cancel();
     match result {
-        Ok(()) => tracing::info!(job = p.id, status = ?fin.status, bytes = fin.log_size, "job reported"),
+        Ok(()) => {
+            tracing::info!(job = p.id, status = ?fin.status, bytes = fin.log_size, "job reported")
+        }
         Err(e) => tracing::warn!(job = p.id, error = %e, "job not reported"),
     }
     let status = format!("{:?}", fin.status).to_lowercase();
@@ -153,7 +155,12 @@ async fn execute(
         .iter()
         .enumerate()
         .map(|(i, r)| StepReport {
-            name: p.job.steps.get(i).map(|s| s.name.clone()).unwrap_or_default(),
+            name: p
+                .job
+                .steps
+                .get(i)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
             exit_code: r.exit_code,
             signal: r.signal,
             oom_killed: r.oom_killed,

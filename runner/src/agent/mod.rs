@@ -85,7 +85,10 @@ impl Agent {
         // Workspaces with no spool are leftovers of jobs already reported.
         for entry in std::fs::read_dir(&self.work_dir)? {
             let dir = entry?.path();
-            let key = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let key = dir
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
             if !self.spool_dir.join(&key).exists() {
                 tracing::info!(dir = %dir.display(), "removing a leftover workspace");
                 let _ = std::fs::remove_dir_all(&dir);
@@ -104,7 +107,11 @@ impl Agent {
                         vec![],
                     )
                 });
-                tracing::info!(job = meta.id, attempt = meta.attempt, "reporting a job left by the previous agent");
+                tracing::info!(
+                    job = meta.id,
+                    attempt = meta.attempt,
+                    "reporting a job left by the previous agent"
+                );
                 let client = match Client::new(&meta.url) {
                     Ok(c) => c,
                     Err(_) => me.client.clone(),
@@ -125,9 +132,13 @@ impl Agent {
                 }
                 match up.report(&fin).await {
                     Ok(()) => tracing::info!(job = meta.id, "left-over job reported"),
-                    Err(e) => tracing::info!(job = meta.id, error = %e, "left-over job not reported"),
+                    Err(e) => {
+                        tracing::info!(job = meta.id, error = %e, "left-over job not reported")
+                    }
                 }
-                let _ = std::fs::remove_dir_all(me.work_dir.join(s.dir().file_name().unwrap_or_default()));
+                let _ = std::fs::remove_dir_all(
+                    me.work_dir.join(s.dir().file_name().unwrap_or_default()),
+                );
                 let _ = s.remove();
             });
         }
@@ -159,7 +170,11 @@ impl Agent {
             }
             // Not raced against `stopping`: dropping a request in flight could lose a job the
             // coordinator is handing over right now.
-            match self.client.request_job(&self.cfg.token, self.poll_wait).await {
+            match self
+                .client
+                .request_job(&self.cfg.token, self.poll_wait)
+                .await
+            {
                 Ok(Some(payload)) => {
                     failures = 0;
                     tracing::info!(job = payload.id, attempt = payload.attempt, name = %payload.job.id, "job received");
@@ -193,7 +208,9 @@ impl Agent {
         }
         let n = jobs.len();
         if n > 0 {
-            println!("stopping: waiting for {n} running job(s) to finish (Ctrl-C again cancels them)");
+            println!(
+                "stopping: waiting for {n} running job(s) to finish (Ctrl-C again cancels them)"
+            );
         }
         while jobs.join_next().await.is_some() {}
         tracing::info!("agent stopped");

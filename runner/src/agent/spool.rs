@@ -119,7 +119,10 @@ impl Spool {
     pub fn write_final(&self, fin: &FinishRequest) -> std::io::Result<()> {
         self.file.sync_data()?;
         let tmp = self.dir.join("final.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(fin).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(fin).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, self.dir.join("final.json"))
     }
 
@@ -164,7 +167,10 @@ mod tests {
         let (m, s) = Spool::open(dir.path().join("7.1")).unwrap();
         assert_eq!((m.id, m.token.as_str()), (7, "job_t"));
         assert_eq!(s.size(), 11);
-        assert_eq!(s.checksum().unwrap().0, crate::protocol::checksum_of(b"hello world"));
+        assert_eq!(
+            s.checksum().unwrap().0,
+            crate::protocol::checksum_of(b"hello world")
+        );
         assert_eq!(s.read_final().unwrap().log_size, 11);
         s.remove().unwrap();
         assert!(!dir.path().join("7.1").exists());

@@ -45,7 +45,10 @@ impl JobCtl {
     }
 
     pub fn lose(&self, why: &str) {
-        tracing::warn!(reason = why, "coordinator no longer accepts this job; cancelling it");
+        tracing::warn!(
+            reason = why,
+            "coordinator no longer accepts this job; cancelling it"
+        );
         self.gone.store(true, Ordering::Release);
         self.cancel.cancel();
     }
@@ -98,12 +101,23 @@ impl Uploader {
                     if ack.size > self.acked {
                         self.metrics.log_bytes_sent.inc_by(ack.size - self.acked);
                     }
-                    tracing::trace!(job = self.job, from = self.acked, sent, now = ack.size, "log sent");
+                    tracing::trace!(
+                        job = self.job,
+                        from = self.acked,
+                        sent,
+                        now = ack.size,
+                        "log sent"
+                    );
                     self.acked = ack.size.min(self.spool.size());
                     self.ctl.obey(ack.control);
                 }
                 Err(ClientError::Rewind(size)) => {
-                    tracing::debug!(job = self.job, from = self.acked, to = size, "rewinding log upload");
+                    tracing::debug!(
+                        job = self.job,
+                        from = self.acked,
+                        to = size,
+                        "rewinding log upload"
+                    );
                     self.acked = size.min(self.spool.size());
                 }
                 Err(ClientError::Unauthorized(m)) => {

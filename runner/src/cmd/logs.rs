@@ -31,13 +31,14 @@ fn pick<'a>(run: &'a RunView, sel: &str) -> anyhow::Result<&'a JobView> {
             return Ok(&run.jobs[n as usize - 1]);
         }
     }
-    run.jobs
-        .iter()
-        .find(|j| j.name == sel)
-        .with_context(|| {
-            let names: Vec<&str> = run.jobs.iter().map(|j| j.name.as_str()).collect();
-            format!("run {} has no job {sel:?} (jobs: {})", run.id, names.join(", "))
-        })
+    run.jobs.iter().find(|j| j.name == sel).with_context(|| {
+        let names: Vec<&str> = run.jobs.iter().map(|j| j.name.as_str()).collect();
+        format!(
+            "run {} has no job {sel:?} (jobs: {})",
+            run.id,
+            names.join(", ")
+        )
+    })
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {

@@ -101,10 +101,16 @@ pub async fn unregister(ctx: &Context, args: UnregisterArgs) -> anyhow::Result<u
         Client::new(&agent.url)?
             .unregister(&agent.token)
             .await
-            .context("the coordinator did not remove the runner (use --local-only to forget it here anyway)")?;
+            .context(
+            "the coordinator did not remove the runner (use --local-only to forget it here anyway)",
+        )?;
     }
     write_agent_section(cfg_path, None)?;
-    println!("runner {} unregistered; {} updated", agent.id, cfg_path.display());
+    println!(
+        "runner {} unregistered; {} updated",
+        agent.id,
+        cfg_path.display()
+    );
     Ok(0)
 }
 
@@ -128,8 +134,7 @@ fn write_agent_section(path: &Path, agent: Option<&AgentConfig>) -> anyhow::Resu
         }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let tmp = path.with_extension("toml.tmp");
     let mut f = std::fs::OpenOptions::new()

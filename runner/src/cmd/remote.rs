@@ -17,7 +17,12 @@ pub struct RemoteArgs {
     #[arg(long, env = "RUNNER_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Admin token [default: the `admin-token` file `runner serve` created in the data dir]
-    #[arg(long, env = "RUNNER_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RUNNER_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
 }
 

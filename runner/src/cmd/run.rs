@@ -29,7 +29,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let poll_wait = Duration::try_from_secs_f64(args.poll_wait)
         .map_err(|_| anyhow::anyhow!("--poll-wait must be a non-negative number of seconds"))?;
     let executors = crate::agent::executors(ctx)?;
-    let agent = Arc::new(Agent::new(agent_cfg, executors, &ctx.paths.data_dir, poll_wait)?);
+    let agent = Arc::new(Agent::new(
+        agent_cfg,
+        executors,
+        &ctx.paths.data_dir,
+        poll_wait,
+    )?);
     if let Some(addr) = args.metrics_listen {
         let m = agent.metrics.clone();
         tokio::spawn(async move {

@@ -52,13 +52,22 @@ fn print_run(r: &RunView, jobs: bool) {
         } else {
             String::new()
         };
-        println!("  job {:<5} {:<10} {}{attempt}{reason}", j.id, j.state.as_str(), j.name);
+        println!(
+            "  job {:<5} {:<10} {}{attempt}{reason}",
+            j.id,
+            j.state.as_str(),
+            j.name
+        );
         for s in &j.steps {
             let code = s
                 .exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into());
-            println!("      step {:<24} exit {code:<4} {:.2}s", s.name, s.duration_ms as f64 / 1000.0);
+            println!(
+                "      step {:<24} exit {code:<4} {:.2}s",
+                s.name,
+                s.duration_ms as f64 / 1000.0
+            );
         }
     }
 }

@@ -30,7 +30,10 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
         labels: list(&labels),
         isolations: list(&isolations),
     };
-    let t: TokenResponse = send(r.post("/api/v1/tokens").json(&body)).await?.json().await?;
+    let t: TokenResponse = send(r.post("/api/v1/tokens").json(&body))
+        .await?
+        .json()
+        .await?;
     println!("{}", t.token);
     Ok(0)
 }

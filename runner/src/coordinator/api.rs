@@ -349,7 +349,9 @@ async fn append_log(
             StatusCode::RANGE_NOT_SATISFIABLE,
             range_header(size),
             Json(RewindBody {
-                error: format!("range starts at {start} but the log holds {size} bytes; resend from {size}"),
+                error: format!(
+                    "range starts at {start} but the log holds {size} bytes; resend from {size}"
+                ),
                 size,
             }),
         )
@@ -359,7 +361,11 @@ async fn append_log(
     }
 }
 
-async fn heartbeat(State(c): App, Path(p): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn heartbeat(
+    State(c): App,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let job = job_auth(&c, &headers, &p).await?;
     require_running(&job)?;
     c.saw_job(job.id, job.runner_id);
@@ -397,7 +403,10 @@ async fn finish(
             StatusCode::RANGE_NOT_SATISFIABLE,
             range_header(size),
             Json(RewindBody {
-                error: format!("the log holds {size} of {} bytes; send the rest", req.log_size),
+                error: format!(
+                    "the log holds {size} of {} bytes; send the rest",
+                    req.log_size
+                ),
                 size,
             }),
         )
@@ -419,7 +428,9 @@ async fn finish(
             .into_response());
     }
     for s in &req.steps {
-        c.metrics.step_seconds.observe(s.duration_ms as f64 / 1000.0);
+        c.metrics
+            .step_seconds
+            .observe(s.duration_ms as f64 / 1000.0);
     }
     let state = match req.status {
         FinalStatus::Success => JobState::Success,
@@ -437,7 +448,12 @@ async fn finish(
         checksum,
         log_size: size,
     };
-    tracing::info!(job = job.id, attempt = job.attempt, state = state.as_str(), "job finished");
+    tracing::info!(
+        job = job.id,
+        attempt = job.attempt,
+        state = state.as_str(),
+        "job finished"
+    );
     if state == JobState::Failed {
         c.fail_or_retry(&job, &f).await?;
     } else {

@@ -17,7 +17,10 @@ pub fn hash(token: &str) -> String {
 
 /// The token of `Authorization: Bearer <token>`, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let t = v.strip_prefix("Bearer ")?.trim();
     (!t.is_empty()).then_some(t)
 }

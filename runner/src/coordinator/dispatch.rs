@@ -55,10 +55,8 @@ pub struct Change {
 /// Moves waiting jobs whose needs are all done to the queue (or to skipped when a need did not
 /// succeed), and says how the run ended once every job has.
 pub fn advance(jobs: &[Job]) -> (Vec<Change>, Option<&'static str>) {
-    let mut state: BTreeMap<&str, JobState> = jobs
-        .iter()
-        .map(|j| (j.spec.id.as_str(), j.state))
-        .collect();
+    let mut state: BTreeMap<&str, JobState> =
+        jobs.iter().map(|j| (j.spec.id.as_str(), j.state)).collect();
     let allow: BTreeMap<&str, bool> = jobs
         .iter()
         .map(|j| (j.spec.id.as_str(), j.spec.allow_failure))
@@ -184,7 +182,11 @@ mod tests {
             job(3, "c", &[], Created),
         ];
         let (ch, outcome) = advance(&jobs);
-        let queued: Vec<i64> = ch.iter().filter(|c| c.to == PENDING).map(|c| c.job).collect();
+        let queued: Vec<i64> = ch
+            .iter()
+            .filter(|c| c.to == PENDING)
+            .map(|c| c.job)
+            .collect();
         assert_eq!(queued, vec![1, 3]);
         assert_eq!(outcome, None);
     }

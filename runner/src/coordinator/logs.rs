@@ -184,7 +184,12 @@ mod tests {
         // The same patch again (lost answer, resend): accepted once.
         assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap(), 6);
         // An overlapping resend: only the new tail lands.
-        assert_eq!(s.append(1, 1, r(3, b"lo world"), b"lo world").await.unwrap(), 11);
+        assert_eq!(
+            s.append(1, 1, r(3, b"lo world"), b"lo world")
+                .await
+                .unwrap(),
+            11
+        );
         // A gap: refused with the current size.
         match s.append(1, 1, r(20, b"x"), b"x").await {
             Err(LogError::Gap { size: 11, .. }) => {}
@@ -192,7 +197,8 @@ mod tests {
         }
         // A range that does not match the body.
         assert!(matches!(
-            s.append(1, 1, ContentRange { start: 11, end: 20 }, b"x").await,
+            s.append(1, 1, ContentRange { start: 11, end: 20 }, b"x")
+                .await,
             Err(LogError::Length { .. })
         ));
         assert_eq!(s.read(1, 1, 0, 100).await.unwrap(), b"hello world");

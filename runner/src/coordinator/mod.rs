@@ -220,10 +220,8 @@ impl Coordinator {
 
     /// Runs the lost-runner check until `stop`.
     pub async fn reaper(self: Arc<Self>, stop: CancellationToken) {
-        let tick = (self.settings.heartbeat_timeout / 4).clamp(
-            Duration::from_millis(100),
-            Duration::from_secs(5),
-        );
+        let tick = (self.settings.heartbeat_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

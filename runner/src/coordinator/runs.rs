@@ -272,7 +272,11 @@ pub async fn cancel(
     }
     tracing::info!(run = rid, running = ask.len(), "run cancelled");
     c.progress(rid).await?;
-    let r = c.store.run(rid).await?.ok_or_else(|| ApiError::not_found("run vanished"))?;
+    let r = c
+        .store
+        .run(rid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run vanished"))?;
     let jobs = c.store.run_jobs(rid).await?;
     Ok(Json(run_view(r, &jobs)))
 }

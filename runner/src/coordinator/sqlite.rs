@@ -167,8 +167,10 @@ impl Store for SqliteStore {
     async fn meta_get(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_string();
         self.with(move |c| {
-            Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
         })
         .await
     }
@@ -283,7 +285,13 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO runs(name, state, event, branch, secrets, created)
                  VALUES (?1, 'running', ?2, ?3, ?4, ?5)",
-                params![run.name, run.event, run.branch, to_json(&run.secrets), now()],
+                params![
+                    run.name,
+                    run.event,
+                    run.branch,
+                    to_json(&run.secrets),
+                    now()
+                ],
             )?;
             let run_id = tx.last_insert_rowid();
             for (idx, j) in jobs.iter().enumerate() {
@@ -359,7 +367,10 @@ impl Store for SqliteStore {
                     params![id, state, now()],
                 )?;
             } else {
-                c.execute("UPDATE runs SET state = ?2 WHERE id = ?1", params![id, state])?;
+                c.execute(
+                    "UPDATE runs SET state = ?2 WHERE id = ?1",
+                    params![id, state],
+                )?;
             }
             Ok(())
         })
@@ -498,7 +509,10 @@ impl Store for SqliteStore {
         self.with(|c| {
             let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
             let rows = st.query_map([], |r| {
-                Ok((state_of(&r.get::<_, String>(0)?)?, r.get::<_, i64>(1)? as u64))
+                Ok((
+                    state_of(&r.get::<_, String>(0)?)?,
+                    r.get::<_, i64>(1)? as u64,
+                ))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -631,7 +645,10 @@ mod tests {
         s.claim(id, 1, "h").await.unwrap();
         assert!(s.requeue(id, 1, "runner lost").await.unwrap());
         let j = s.job(id).await.unwrap().unwrap();
-        assert_eq!((j.state, j.attempt, j.token_hash), (JobState::Pending, 2, None));
+        assert_eq!(
+            (j.state, j.attempt, j.token_hash),
+            (JobState::Pending, 2, None)
+        );
         let f = Finish {
             state: JobState::Success,
             reason: None,
