@@ -5,6 +5,7 @@
 //! runs, as ordered [`LogChunk`]s on a channel, and the outcome as a [`StepResult`].
 
 pub mod executor;
+pub mod image;
 
 pub use executor::{
     Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LogChunk, Network, PreparedJob,
