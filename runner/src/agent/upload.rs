@@ -209,3 +209,174 @@ pub async fn heartbeat(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The uploader against a real coordinator (in-process, on loopback) that is killed and
+    //! restarted while a job's log is flowing.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::agent::spool::SpoolMeta;
+    use crate::coordinator::store::{NewJob, NewRun};
+    use crate::coordinator::{api, auth, Coordinator, Settings};
+    use crate::protocol::{FinalStatus, JobState};
+
+    /// A coordinator on its own runtime, so dropping the runtime kills it like kill -9 would
+    /// (every connection and task gone at once).
+    fn start(dir: &std::path::Path, port: u16) -> (tokio::runtime::Runtime, Arc<Coordinator>, u16) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (c, port) = rt.block_on(async {
+            let c = Coordinator::open(Settings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                data_dir: dir.to_path_buf(),
+                heartbeat_timeout: Duration::from_secs(30),
+                poll_timeout: Duration::from_secs(5),
+                max_upload: 1 << 20,
+            })
+            .await
+            .unwrap();
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let port = l.local_addr().unwrap().port();
+            let app = api::router(c.clone());
+            tokio::spawn(async move { axum::serve(l, app).await });
+            (c, port)
+        });
+        (rt, c, port)
+    }
+
+    fn planned(id: &str) -> pipelines::PlannedJob {
+        pipelines::PlannedJob {
+            id: id.into(),
+            name: id.into(),
+            matrix: Default::default(),
+            needs: vec![],
+            skipped: None,
+            allow_failure: false,
+            retry: 0,
+            timeout: Duration::from_secs(60),
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn log_survives_a_coordinator_crash_with_nothing_lost_or_doubled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cdir = tmp.path().join("coord");
+        let (rt1, c, port) = start(&cdir, 0);
+        let runner_token = auth::new_token("rnr").unwrap();
+        rt1.block_on(async {
+            c.store
+                .create_runner("r", &auth::hash(&runner_token), &[], &[], 1)
+                .await
+                .unwrap();
+            let run = c
+                .store
+                .create_run(
+                    &NewRun {
+                        name: "p".into(),
+                        event: "push".into(),
+                        branch: "main".into(),
+                        secrets: Default::default(),
+                    },
+                    &[NewJob {
+                        spec: planned("a"),
+                        state: JobState::Created,
+                        reason: None,
+                        labels: vec![],
+                        isolations: vec![],
+                    }],
+                )
+                .await
+                .unwrap();
+            c.progress(run).await.unwrap();
+        });
+        let url = format!("http://127.0.0.1:{port}");
+        let agent_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Client::new(&url).unwrap();
+        let payload = agent_rt
+            .block_on(client.request_job(&runner_token, Duration::from_secs(2)))
+            .unwrap()
+            .expect("a job");
+        let spool = Arc::new(
+            Spool::create(
+                tmp.path().join("spool/1.1"),
+                &SpoolMeta {
+                    url: url.clone(),
+                    id: payload.id,
+                    attempt: payload.attempt,
+                    token: payload.token.clone(),
+                },
+            )
+            .unwrap(),
+        );
+        let ctl = Arc::new(JobCtl::default());
+        let up = Uploader {
+            client: client.clone(),
+            job: payload.id,
+            token: payload.token.clone(),
+            spool: spool.clone(),
+            acked: 0,
+            ctl: ctl.clone(),
+            metrics: Arc::new(AgentMetrics::new()),
+        };
+        let done = CancellationToken::new();
+        let live = agent_rt.spawn(up.live(done.clone()));
+        // A step writing lines: some before the crash, some while the coordinator is down,
+        // some after it is back.
+        let write = |from: usize, to: usize| {
+            for i in from..to {
+                spool
+                    .append(format!("line {i:05} {}\n", "x".repeat(i % 50)).as_bytes())
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        write(0, 200);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = std::fs::metadata(cdir.join(format!("logs/{}.1.log", payload.id)))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(before > 0, "nothing was streamed before the crash");
+        rt1.shutdown_background();
+        write(200, 400);
+        std::thread::sleep(Duration::from_millis(300));
+        let (rt2, c2, _) = start(&cdir, port);
+        write(400, 600);
+        done.cancel();
+        let up = agent_rt.block_on(live).unwrap().unwrap();
+        let (checksum, log_size) = spool.checksum().unwrap();
+        let fin = FinishRequest {
+            status: FinalStatus::Success,
+            failure_reason: None,
+            steps: vec![],
+            checksum: checksum.clone(),
+            log_size,
+        };
+        agent_rt.block_on(up.report(&fin)).unwrap();
+        let stored = std::fs::read(cdir.join(format!("logs/{}.1.log", payload.id))).unwrap();
+        let spooled = spool.read_at(0, usize::MAX).unwrap();
+        assert_eq!(stored.len(), spooled.len());
+        assert!(
+            stored == spooled,
+            "stored log differs from what the step wrote"
+        );
+        let job = rt2.block_on(c2.store.job(payload.id)).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Success);
+        assert_eq!(job.checksum.as_deref(), Some(checksum.as_str()));
+        assert!(!ctl.is_gone());
+        rt2.shutdown_background();
+    }
+}
