@@ -4,6 +4,7 @@
 //! vm_bench DIR bare-args     the QEMU arguments of the same VM, with the agent told to power
 //!                            off as soon as it runs (the bare-boot baseline), one per line
 //! vm_bench DIR breakdown N   N cold `true` steps: median of each phase
+//! vm_bench DIR script S    run script S once and print its output (debugging aid)
 //! vm_bench DIR warm N        warm pool of 1: N steps, median start latency (call to first
 //!                            output byte) and total
 //!
@@ -161,7 +162,10 @@ async fn main() {
             let cfg = config(&dir, 0);
             let k = kernel::GuestKernel::find(&cfg.kernel_dir).expect("kernel");
             let initramfs = kernel::initramfs(&k, &cfg.agent, &cfg.cache_dir).expect("initramfs");
-            let image = images.resolve("busybox", &mpsc::channel(1).0).await.expect("image");
+            let image = images
+                .resolve("busybox", &mpsc::channel(1).0)
+                .await
+                .expect("image");
             let disk = rootfs::base_disk(&image, &cfg.cache_dir.join("disks")).expect("disk");
             let qemu = Qemu {
                 binary: cfg.qemu.clone(),
@@ -204,7 +208,10 @@ async fn main() {
             exec.warm("busybox").await.expect("warm");
             let (mut starts, mut totals) = (Vec::new(), Vec::new());
             for _ in 0..n {
-                assert!(exec.wait_pool_ready(Duration::from_secs(120)).await, "pool did not refill");
+                assert!(
+                    exec.wait_pool_ready(Duration::from_secs(120)).await,
+                    "pool did not refill"
+                );
                 let s = run_once(&exec, &ws, "echo started").await;
                 assert!(s.breakdown.contains("warm pool"), "{}", s.breakdown);
                 starts.push(s.first_output.expect("output"));
@@ -215,6 +222,31 @@ async fn main() {
                 median(starts).as_millis(),
                 median(totals).as_millis()
             );
+        }
+        "script" => {
+            // Debugging aid: run the script given as the last argument and show its output.
+            let exec = VmExecutor::new(config(&dir, 0), images).expect("executor");
+            let job = exec
+                .prepare(&JobSpec {
+                    id: "dbg".into(),
+                    hostname: "dbg".into(),
+                    workspace: ws.clone(),
+                })
+                .await
+                .expect("prepare");
+            let (tx, mut rx) = mpsc::channel::<LogChunk>(64);
+            let printer = tokio::spawn(async move {
+                while let Some(c) = rx.recv().await {
+                    print!("[{:?}] {}", c.stream, String::from_utf8_lossy(&c.data));
+                }
+            });
+            let mut s = step(args.get(3).map(String::as_str).unwrap_or("true"));
+            if std::env::var_os("VM_BENCH_NET").is_some() {
+                s.network = Network::Bridge;
+            }
+            let r = exec.run_step(&job, &s, tx, CancellationToken::new()).await;
+            printer.await.expect("printer");
+            println!("{r:?}");
         }
         other => panic!("unknown mode {other}"),
     }

@@ -238,10 +238,14 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
 
     // A second VM step: sees the first one's files, not its writes outside the workspace;
     // its exit code comes back.
-    let (r, out, _, _) = run(
+    let port = http_server("never served");
+    let (r, out, err, _) = run(
         &f,
         &step(
-            "cat sub/artifact; test ! -e /etc/outside && echo outside-gone; rm from-host.txt; exit 3",
+            &format!(
+                "cat sub/artifact; test ! -e /etc/outside && echo outside-gone; rm from-host.txt; \
+                 wget -O - http://10.0.2.2:{port}/ || echo no-network; exit 3"
+            ),
             Duration::from_secs(60),
         ),
         CancellationToken::new(),
@@ -253,6 +257,10 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
     assert!(
         out.contains("built") && out.contains("outside-gone"),
         "{out}"
+    );
+    assert!(
+        out.contains("no-network"),
+        "network none has no way out: {out}"
     );
     assert!(
         !ws.join("from-host.txt").exists(),
@@ -368,4 +376,38 @@ async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
         qemu_processes(dir.path()).is_empty(),
         "pool VM survived its executor"
     );
+}
+
+/// A one-response-per-connection HTTP server on 127.0.0.1; returns its port.
+fn http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_network_reaches_the_host_through_user_mode_nat() {
+    let f = fixture(0).await;
+    let port = http_server("hello from the host");
+    let mut s = step(
+        &format!("wget -O - http://10.0.2.2:{port}/; echo; cat /etc/resolv.conf"),
+        Duration::from_secs(60),
+    );
+    s.network = Network::Bridge;
+    let (r, out, err, _) = run(&f, &s, CancellationToken::new()).await;
+    assert!(r.unwrap().success(), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("hello from the host"), "{out}");
+    assert!(out.contains("nameserver 10.0.2.3"), "{out}");
 }
