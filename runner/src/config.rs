@@ -9,6 +9,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[registries]`: insecure registries, credentials, pull policy (see `executors::image::auth`).
+    #[serde(default)]
+    pub registries: executors::image::RegistryConfig,
     /// `[vm]`: the VM executor (isolation: vm).
     #[serde(default)]
     pub vm: VmSection,
