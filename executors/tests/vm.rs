@@ -411,3 +411,89 @@ async fn bridge_network_reaches_the_host_through_user_mode_nat() {
     assert!(out.contains("hello from the host"), "{out}");
     assert!(out.contains("nameserver 10.0.2.3"), "{out}");
 }
+
+/// The pipeline: a container step, a VM step and a container step on one workspace,
+/// all from the same image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_vm_container_share_the_workspace() {
+    use executors::container::{
+        build_busybox_rootfs, ContainerConfig, ContainerExecutor, LocalDirImages,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    build_busybox_rootfs(&rootfs).unwrap();
+    let images = Arc::new(LocalDirImages::new().with("busybox:test", &rootfs));
+    let mut ccfg = ContainerConfig::new(tmp.path().join("state"), images.clone());
+    ccfg.masked_paths = vec![tmp.path().to_path_buf()];
+    let container = ContainerExecutor::new(ccfg).unwrap();
+    container.reconcile().unwrap();
+    let mut vcfg = VmConfig::with_data_dir(&tmp.path().join("data"));
+    vcfg.kernel_dir = kernel_dir();
+    vcfg.agent = agent().to_path_buf();
+    vcfg.memory_mib = 256;
+    let vm = VmExecutor::new(vcfg, images).unwrap();
+
+    let ws = tmp.path().join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let job = JobSpec {
+        id: format!("mixed{}", std::process::id()),
+        hostname: "mixed".into(),
+        workspace: ws.clone(),
+    };
+    let cjob = container.prepare(&job).await.unwrap();
+    let vjob = vm.prepare(&job).await.unwrap();
+
+    async fn go(e: &dyn Executor, job: &PreparedJob, script: &str) -> (StepResult, String, String) {
+        let (tx, mut rx) = mpsc::channel::<LogChunk>(256);
+        let collect = tokio::spawn(async move {
+            let (mut out, mut err) = (String::new(), String::new());
+            while let Some(c) = rx.recv().await {
+                let t = String::from_utf8_lossy(&c.data).into_owned();
+                match c.stream {
+                    Stream::Stdout => out.push_str(&t),
+                    Stream::Stderr => err.push_str(&t),
+                    Stream::System => {}
+                }
+            }
+            (out, err)
+        });
+        let mut s = step(script, Duration::from_secs(60));
+        s.workdir = "/workspace".into();
+        let r = e
+            .run_step(job, &s, tx, CancellationToken::new())
+            .await
+            .unwrap();
+        let (out, err) = collect.await.unwrap();
+        (r, out, err)
+    }
+
+    let (r, out, err) = go(
+        &container,
+        &cjob,
+        "echo one > step1.txt; uname -r > c-kernel",
+    )
+    .await;
+    assert!(r.success(), "container step 1: {r:?} {out} {err}");
+    let (r, out, err) = go(
+        &vm,
+        &vjob,
+        "cat step1.txt; uname -r > vm-kernel; echo two > step2.txt; echo junk > /root/outside",
+    )
+    .await;
+    assert!(r.success(), "vm step: {r:?} {out} {err}");
+    assert!(out.contains("one"), "the VM sees step 1's file: {out}");
+    let (r, out, err) = go(
+        &container,
+        &cjob,
+        "cat step2.txt; test ! -e /root/outside && echo no-outside",
+    )
+    .await;
+    assert!(r.success(), "container step 3: {r:?} {out} {err}");
+    assert!(out.contains("two") && out.contains("no-outside"), "{out}");
+    let c_kernel = std::fs::read_to_string(ws.join("c-kernel")).unwrap();
+    let v_kernel = std::fs::read_to_string(ws.join("vm-kernel")).unwrap();
+    assert_ne!(c_kernel, v_kernel, "the VM step runs its own kernel");
+    container.cleanup(&cjob).await.unwrap();
+    vm.cleanup(&vjob).await.unwrap();
+    assert!(qemu_processes(tmp.path()).is_empty());
+}
