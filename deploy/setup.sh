@@ -13,7 +13,6 @@ packages=(
   perl-base
   qemu-system-x86
   e2fsprogs
-  cpio
   util-linux
   musl-tools
   python3-yaml
