@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod executor;
+pub mod image;
 
 pub use executor::{
     Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LogChunk, Network, PreparedJob,

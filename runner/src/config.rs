@@ -8,7 +8,11 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {}
+pub struct Config {
+    /// `[registries]`: insecure registries, credentials, pull policy (see `executors::image::auth`).
+    #[serde(default)]
+    pub registries: executors::image::RegistryConfig,
+}
 
 impl Config {
     /// Read `path`; a file that does not exist gives the defaults.
