@@ -8,6 +8,15 @@ packages=(
   iproute2
   busybox-static
   cpio
+  # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
+  iptables
+  perl-base
+  qemu-system-x86
+  e2fsprogs
+  util-linux
+  musl-tools
+  python3-yaml
+  python3-jsonschema
 )
 
 missing=()
@@ -40,3 +49,6 @@ if ! compgen -G "$vmm_kernel_dir/boot/vmlinuz-*" >/dev/null; then
   dpkg-deb -x "$tmp"/*.deb "$vmm_kernel_dir"
   rm -rf "$tmp"
 fi
+# Guest kernel and agent of the VM executor (isolation: vm).
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+"$(dirname "$0")/setup-vm-kernel.sh"

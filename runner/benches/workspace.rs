@@ -53,7 +53,10 @@ fn main() {
         stats.files,
         stats.bytes as f64 / 1048576.0
     );
-    println!("copy_tree:        median {:>10.1} ms (3 runs)", copy.as_secs_f64() * 1e3);
+    println!(
+        "copy_tree:        median {:>10.1} ms (3 runs)",
+        copy.as_secs_f64() * 1e3
+    );
     if !nix::unistd::geteuid().is_root() {
         println!("overlay snapshot: not measured (needs root)");
         return;
@@ -72,5 +75,8 @@ fn main() {
         "overlay snapshot: median {:>10.3} ms (15 runs, mount + unmount + remove)",
         snap.as_secs_f64() * 1e3
     );
-    println!("copy / snapshot:  {:.0}x", copy.as_secs_f64() / snap.as_secs_f64());
+    println!(
+        "copy / snapshot:  {:.0}x",
+        copy.as_secs_f64() / snap.as_secs_f64()
+    );
 }

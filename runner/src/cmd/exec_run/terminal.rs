@@ -400,15 +400,20 @@ pub fn summary(plan: &Plan, outcomes: &[JobOutcome], style: Style, elapsed: Dura
     let ok = count(&|o, _| o.status == JobStatus::Success);
     let failed = count(&|o, j| is_failure(o.status) && !j.allow_failure);
     let allowed = count(&|o, j| is_failure(o.status) && j.allow_failure);
+    let cancelled = count(&|o, _| o.status == JobStatus::Cancelled);
     let skipped = count(&|o, _| o.status == JobStatus::Skipped);
     let mut parts = vec![format!("{ok} succeeded"), format!("{failed} failed")];
     if allowed > 0 {
         parts.push(format!("{allowed} failed (allowed)"));
     }
+    if cancelled > 0 {
+        parts.push(format!("{cancelled} cancelled"));
+    }
     parts.push(format!("{skipped} skipped"));
+    let n = plan.jobs.len();
     out.push_str(&format!(
-        "{} jobs: {} in {}\n",
-        plan.jobs.len(),
+        "{n} {}: {} in {}\n",
+        if n == 1 { "job" } else { "jobs" },
         parts.join(", "),
         duration(elapsed)
     ));
