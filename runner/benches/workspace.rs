@@ -7,6 +7,9 @@
 //! SOURCE_DIR defaults to this repository, `target/` included (a Rust checkout as users have
 //! it). Prints the median of several runs of each, page cache warm.
 
+// The included files' unit tests are not part of a benchmark build.
+#![allow(unused_imports)]
+
 #[allow(dead_code)]
 #[path = "../src/cmd/exec_run/snapshot.rs"]
 mod snapshot;
