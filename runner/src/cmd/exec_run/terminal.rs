@@ -65,6 +65,8 @@ pub struct Printer<W: Write> {
     /// Job ids, padded to the same width.
     labels: Vec<String>,
     steps: Vec<Vec<String>>,
+    /// Jobs with `allow_failure`, whose failure is reported as allowed.
+    allowed: Vec<bool>,
     partial: HashMap<(usize, usize, StreamKey), (SystemTime, Vec<u8>)>,
     /// When each running step started, for `--timestamps`.
     started: HashMap<(usize, usize), SystemTime>,
@@ -108,6 +110,7 @@ impl<W: Write> Printer<W> {
                 .iter()
                 .map(|j| j.steps.iter().map(|s| s.name.clone()).collect())
                 .collect(),
+            allowed: plan.jobs.iter().map(|j| j.allow_failure).collect(),
             partial: HashMap::new(),
             started: HashMap::new(),
         }
@@ -210,12 +213,20 @@ impl<W: Write> Printer<W> {
                 self.line(job, None, "↻", &text);
             }
             Notice::Finished { job, status } => {
+                let allowed = self.allowed.get(job).copied().unwrap_or(false)
+                    && matches!(status, JobStatus::Failed | JobStatus::TimedOut);
                 let code = match status {
                     JobStatus::Success => GREEN,
                     JobStatus::Skipped => YELLOW,
+                    _ if allowed => YELLOW,
                     _ => RED,
                 };
-                let text = self.style.paint(code, &format!("job {}", status.as_str()));
+                let text = format!(
+                    "job {}{}",
+                    status_word(status),
+                    if allowed { " (allowed to fail)" } else { "" }
+                );
+                let text = self.style.paint(code, &text);
                 self.line(job, None, "■", &text);
             }
         }
@@ -334,7 +345,7 @@ pub fn summary(plan: &Plan, outcomes: &[JobOutcome], style: Style, elapsed: Dura
         for (i, step) in job.steps.iter().enumerate() {
             let (status, took, code) = match o.results.get(i) {
                 Some(r) => {
-                    let allowed = !r.success() && step.continue_on_error;
+                    let allowed = !r.success() && (step.continue_on_error || job.allow_failure);
                     let code = if r.success() {
                         GREEN
                     } else if allowed {
