@@ -60,6 +60,26 @@ fn main() {
         "copy_tree:        median {:>10.1} ms (3 runs)",
         copy.as_secs_f64() * 1e3
     );
+    // The peer: coreutils `cp -a` (what a shell script or act's `docker cp` amounts to).
+    let mut cps = Vec::new();
+    for i in 0..3 {
+        let dst = scratch.path().join(format!("cp{i}"));
+        let t = Instant::now();
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&source)
+            .arg(&dst)
+            .status()
+            .expect("run cp")
+            .success();
+        cps.push(t.elapsed());
+        assert!(ok, "cp -a failed");
+        workspace::remove_tree(&dst).unwrap();
+    }
+    println!(
+        "cp -a (peer):     median {:>10.1} ms (3 runs)",
+        median(cps).as_secs_f64() * 1e3
+    );
     if !nix::unistd::geteuid().is_root() {
         println!("overlay snapshot: not measured (needs root)");
         return;
