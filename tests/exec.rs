@@ -328,6 +328,54 @@ jobs:
 }
 
 #[test]
+fn bind_workspace_lets_jobs_change_the_checkout() {
+    let p = Project::new(
+        r#"
+name: e2e
+defaults:
+  image: host
+jobs:
+  j:
+    steps:
+      - name: write
+        run: echo generated > result.txt
+"#,
+    );
+    let r = p.exec(&["--bind-workspace"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(p.src.path().join("result.txt")).unwrap(),
+        "generated\n"
+    );
+}
+
+#[test]
+fn a_vm_step_without_a_usable_vm_executor_is_refused_with_the_reason() {
+    // A fresh data dir has no guest kernel, so the VM executor cannot start.
+    let p = Project::new(
+        r#"
+name: e2e
+jobs:
+  j:
+    steps:
+      - name: risky
+        isolation: vm
+        image: 127.0.0.1:5000/busybox:latest
+        run: echo in a vm
+"#,
+    );
+    let r = p.exec(&[]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(
+        r.stderr
+            .contains("step 'risky' of job 'j' asks for isolation: vm"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("--isolation container"), "{r}");
+    assert!(!r.stdout.contains("in a vm"), "{r}");
+}
+
+#[test]
 fn ctrl_c_cancels_the_running_step_and_leaves_no_sandbox_behind() {
     // A sleep with an argument no other test uses, to find its processes afterwards.
     let nap = format!("{}", 3000 + std::process::id() % 997);
