@@ -7,6 +7,9 @@ packages=(
   ca-certificates
   iproute2
   busybox-static
+  docker-registry   # image store tests: a local OCI registry
+  apache2-utils     # htpasswd, for the auth-registry test
+  skopeo            # image import test writes an OCI layout
 )
 
 missing=()
