@@ -11,6 +11,11 @@ packages=(
   # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
   iptables
   perl-base
+  qemu-system-x86
+  e2fsprogs
+  cpio
+  util-linux
+  musl-tools
 )
 
 missing=()
@@ -43,3 +48,6 @@ if ! compgen -G "$vmm_kernel_dir/boot/vmlinuz-*" >/dev/null; then
   dpkg-deb -x "$tmp"/*.deb "$vmm_kernel_dir"
   rm -rf "$tmp"
 fi
+# Guest kernel and agent of the VM executor (isolation: vm).
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+"$(dirname "$0")/setup-vm-kernel.sh"

@@ -7,6 +7,7 @@
 pub mod container;
 pub mod executor;
 pub mod image;
+pub mod vm;
 
 pub use executor::{
     Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LogChunk, Network, PreparedJob,
