@@ -330,11 +330,8 @@ async fn append_log(
             ApiError::bad_request("missing or invalid `Content-Range: <start>-<end>` (inclusive)")
         })?;
     match c.logs.append(job.id, job.attempt, range, &body).await {
-        Ok(size) => {
-            let before = size.saturating_sub(body.len() as u64);
-            if size > before {
-                c.metrics.log_bytes.inc_by(size - before.max(range.start));
-            }
+        Ok((before, size)) => {
+            c.metrics.log_bytes.inc_by(size - before);
             Ok((
                 StatusCode::ACCEPTED,
                 range_header(size),

@@ -74,14 +74,14 @@ impl LogStore {
         }
     }
 
-    /// Applies a patch (idempotently) and returns the new size.
+    /// Applies a patch (idempotently); returns the sizes before and after.
     pub async fn append(
         &self,
         job: i64,
         attempt: u32,
         range: ContentRange,
         body: &[u8],
-    ) -> Result<u64, LogError> {
+    ) -> Result<(u64, u64), LogError> {
         if range.len() != body.len() as u64 {
             return Err(LogError::Length {
                 expected: range.len(),
@@ -98,7 +98,7 @@ impl LogStore {
                     size,
                 })
             }
-            PatchPlan::Duplicate => return Ok(size),
+            PatchPlan::Duplicate => return Ok((size, size)),
             PatchPlan::Append { skip } => skip as usize,
         };
         let mut f = tokio::fs::OpenOptions::new()
@@ -111,7 +111,7 @@ impl LogStore {
         let new = size + (body.len() - skip) as u64;
         drop(_guard);
         self.wake(job);
-        Ok(new)
+        Ok((size, new))
     }
 
     /// Up to `max` bytes from `offset`.
@@ -180,9 +180,9 @@ mod tests {
     async fn append_is_idempotent_and_refuses_gaps() {
         let dir = tempfile::tempdir().unwrap();
         let s = LogStore::new(dir.path().join("logs")).unwrap();
-        assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap(), 6);
+        assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap().1, 6);
         // The same patch again (lost answer, resend): accepted once.
-        assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap(), 6);
+        assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap().1, 6);
         // An overlapping resend: only the new tail lands.
         assert_eq!(
             s.append(1, 1, r(3, b"lo world"), b"lo world")
