@@ -603,7 +603,10 @@ fn pure_cgroup_v2_driver_runs_limits_errors_and_kills() {
         eprintln!("no v2 tree at /sys/fs/cgroup/unified on this host; the v2 path is the host's own driver here");
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("ctest-v2-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("ctest-v2-")
+        .tempdir()
+        .unwrap();
     let rootfs = tmp.path().join("rootfs");
     build_busybox_rootfs(&rootfs).unwrap();
     let ws = tmp.path().join("ws");
@@ -635,15 +638,24 @@ fn pure_cgroup_v2_driver_runs_limits_errors_and_kills() {
         // The v2 tree here has a pids controller after all: the limit applied.
     } else {
         assert!(stdout.contains("rc=125"), "{stdout} {stderr}");
-        assert!(stderr.contains("pids controller is not available"), "{stderr}");
+        assert!(
+            stderr.contains("pids controller is not available"),
+            "{stderr}"
+        );
     }
-    assert!(stdout.contains("rc=137"), "timeout not a kill: {stdout} {stderr}");
+    assert!(
+        stdout.contains("rc=137"),
+        "timeout not a kill: {stdout} {stderr}"
+    );
     let left: Vec<_> = std::fs::read_dir(unified)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains(&job))
         .map(|e| e.path())
         .collect();
-    assert!(std::fs::read_dir(state.join("sandboxes")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(state.join("sandboxes"))
+        .unwrap()
+        .next()
+        .is_none());
     assert!(left.is_empty(), "sandbox cgroups left: {left:?}");
 }
