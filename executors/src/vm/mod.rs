@@ -400,8 +400,6 @@ impl Executor for VmExecutor {
                 }
             }
         };
-        // Keep the pool full for the next step (a pool VM is used once).
-        self.pool.refill(&self.inner, &spec);
 
         let ws_tar = pack
             .await
@@ -430,6 +428,9 @@ impl Executor for VmExecutor {
                 .map_err(|e| ExecutorError::Backend(format!("vm: restore task: {e}")))?
                 .map_err(|e| VmError::Workspace(format!("restoring the workspace: {e}")))?;
         }
+        // Top the pool up for the next step (a pool VM is used once). Only now: booting it
+        // while this step runs would take CPU from the step itself.
+        self.pool.refill(&self.inner, &spec);
         let _ = output.send(LogChunk::new(Stream::System, bd.line())).await;
         tracing::debug!(step = %step.name, "{}", bd.line().trim_end());
         let exit = outcome.exit.unwrap_or(guest_agent::protocol::Exit {
