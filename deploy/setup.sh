@@ -12,9 +12,13 @@ packages=(
   perl-base
   qemu-system-x86
   e2fsprogs
-  cpio
   util-linux
   musl-tools
+  python3-yaml
+  python3-jsonschema
+  docker-registry   # image store tests: a local OCI registry
+  apache2-utils     # htpasswd, for the auth-registry test
+  skopeo            # image import test writes an OCI layout
 )
 
 missing=()

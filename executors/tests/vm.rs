@@ -238,10 +238,14 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
 
     // A second VM step: sees the first one's files, not its writes outside the workspace;
     // its exit code comes back.
-    let (r, out, _, _) = run(
+    let port = http_server("never served");
+    let (r, out, err, _) = run(
         &f,
         &step(
-            "cat sub/artifact; test ! -e /etc/outside && echo outside-gone; rm from-host.txt; exit 3",
+            &format!(
+                "cat sub/artifact; test ! -e /etc/outside && echo outside-gone; rm from-host.txt; \
+                 wget -O - http://10.0.2.2:{port}/ || echo no-network; exit 3"
+            ),
             Duration::from_secs(60),
         ),
         CancellationToken::new(),
@@ -253,6 +257,10 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
     assert!(
         out.contains("built") && out.contains("outside-gone"),
         "{out}"
+    );
+    assert!(
+        out.contains("no-network"),
+        "network none has no way out: {out}"
     );
     assert!(
         !ws.join("from-host.txt").exists(),
@@ -368,4 +376,124 @@ async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
         qemu_processes(dir.path()).is_empty(),
         "pool VM survived its executor"
     );
+}
+
+/// A one-response-per-connection HTTP server on 127.0.0.1; returns its port.
+fn http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_network_reaches_the_host_through_user_mode_nat() {
+    let f = fixture(0).await;
+    let port = http_server("hello from the host");
+    let mut s = step(
+        &format!("wget -O - http://10.0.2.2:{port}/; echo; cat /etc/resolv.conf"),
+        Duration::from_secs(60),
+    );
+    s.network = Network::Bridge;
+    let (r, out, err, _) = run(&f, &s, CancellationToken::new()).await;
+    assert!(r.unwrap().success(), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("hello from the host"), "{out}");
+    assert!(out.contains("nameserver 10.0.2.3"), "{out}");
+}
+
+/// The issue's pipeline: a container step, a VM step and a container step on one workspace,
+/// all from the same image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_vm_container_share_the_workspace() {
+    use executors::container::{
+        build_busybox_rootfs, ContainerConfig, ContainerExecutor, LocalDirImages,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    build_busybox_rootfs(&rootfs).unwrap();
+    let images = Arc::new(LocalDirImages::new().with("busybox:test", &rootfs));
+    let mut ccfg = ContainerConfig::new(tmp.path().join("state"), images.clone());
+    ccfg.masked_paths = vec![tmp.path().to_path_buf()];
+    let container = ContainerExecutor::new(ccfg).unwrap();
+    container.reconcile().unwrap();
+    let mut vcfg = VmConfig::with_data_dir(&tmp.path().join("data"));
+    vcfg.kernel_dir = kernel_dir();
+    vcfg.agent = agent().to_path_buf();
+    vcfg.memory_mib = 256;
+    let vm = VmExecutor::new(vcfg, images).unwrap();
+
+    let ws = tmp.path().join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let job = JobSpec {
+        id: format!("mixed{}", std::process::id()),
+        hostname: "mixed".into(),
+        workspace: ws.clone(),
+    };
+    let cjob = container.prepare(&job).await.unwrap();
+    let vjob = vm.prepare(&job).await.unwrap();
+
+    async fn go(e: &dyn Executor, job: &PreparedJob, script: &str) -> (StepResult, String, String) {
+        let (tx, mut rx) = mpsc::channel::<LogChunk>(256);
+        let collect = tokio::spawn(async move {
+            let (mut out, mut err) = (String::new(), String::new());
+            while let Some(c) = rx.recv().await {
+                let t = String::from_utf8_lossy(&c.data).into_owned();
+                match c.stream {
+                    Stream::Stdout => out.push_str(&t),
+                    Stream::Stderr => err.push_str(&t),
+                    Stream::System => {}
+                }
+            }
+            (out, err)
+        });
+        let mut s = step(script, Duration::from_secs(60));
+        s.workdir = "/workspace".into();
+        let r = e
+            .run_step(job, &s, tx, CancellationToken::new())
+            .await
+            .unwrap();
+        let (out, err) = collect.await.unwrap();
+        (r, out, err)
+    }
+
+    let (r, out, err) = go(
+        &container,
+        &cjob,
+        "echo one > step1.txt; uname -r > c-kernel",
+    )
+    .await;
+    assert!(r.success(), "container step 1: {r:?} {out} {err}");
+    let (r, out, err) = go(
+        &vm,
+        &vjob,
+        "cat step1.txt; uname -r > vm-kernel; echo two > step2.txt; echo junk > /root/outside",
+    )
+    .await;
+    assert!(r.success(), "vm step: {r:?} {out} {err}");
+    assert!(out.contains("one"), "the VM sees step 1's file: {out}");
+    let (r, out, err) = go(
+        &container,
+        &cjob,
+        "cat step2.txt; test ! -e /root/outside && echo no-outside",
+    )
+    .await;
+    assert!(r.success(), "container step 3: {r:?} {out} {err}");
+    assert!(out.contains("two") && out.contains("no-outside"), "{out}");
+    let c_kernel = std::fs::read_to_string(ws.join("c-kernel")).unwrap();
+    let v_kernel = std::fs::read_to_string(ws.join("vm-kernel")).unwrap();
+    assert_ne!(c_kernel, v_kernel, "the VM step runs its own kernel");
+    container.cleanup(&cjob).await.unwrap();
+    vm.cleanup(&vjob).await.unwrap();
+    assert!(qemu_processes(tmp.path()).is_empty());
 }

@@ -88,6 +88,11 @@ fn agent(chan: &mut Option<File>) -> Result<(), AgentError> {
 fn boot() -> Result<String, AgentError> {
     let safe = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys::mount_fs("proc", Path::new("/proc"), "proc", safe, None)?;
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "runner.bare") {
+        // Benchmark baseline: the same kernel and initramfs, powered off as soon as init runs.
+        sys::power_off();
+    }
     sys::mount_fs("sysfs", Path::new("/sys"), "sysfs", safe, None)?;
     sys::mount_fs(
         "devtmpfs",
@@ -98,7 +103,7 @@ fn boot() -> Result<String, AgentError> {
     )?;
     sys::load_modules(Path::new("/lib/modules/load.order"))?;
     sys::configure_interface("lo", None)?;
-    Ok(fs::read_to_string("/proc/cmdline").unwrap_or_default())
+    Ok(cmdline)
 }
 
 /// The image root: its read-only disk as the lower layer, a tmpfs upper for the step's writes.

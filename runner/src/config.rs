@@ -15,6 +15,9 @@ pub struct Config {
     /// `[vm]`: the VM executor (isolation: vm).
     #[serde(default)]
     pub vm: VmSection,
+    /// `[agent]`: this host's registration with a coordinator (written by `runner register`).
+    #[serde(default)]
+    pub agent: Option<AgentConfig>,
 }
 
 /// `[vm]` section. Every key is optional; paths default to the runner's data dir.
@@ -79,6 +82,28 @@ impl VmSection {
         }
         Ok(c)
     }
+}
+
+/// The `[agent]` section.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Coordinator base URL, e.g. `http://127.0.0.1:8420`.
+    pub url: String,
+    pub id: i64,
+    /// Runner token (secret: the file is mode 0600).
+    pub token: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub isolations: Vec<String>,
+    #[serde(default = "default_concurrent")]
+    pub concurrent: u32,
+}
+
+fn default_concurrent() -> u32 {
+    1
 }
 
 impl Config {

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use executors::container::{ContainerConfig, ContainerExecutor, LocalDirImages};
 use executors::{Executor, ImageSpec, JobSpec, Network, Resources, Shell, StepSpec};
-use tokio::io::AsyncWriteExt;
 
 struct Args {
     state: PathBuf,
@@ -123,15 +122,16 @@ async fn run(args: Args) -> Result<u8, Box<dyn std::error::Error>> {
     let mut code = 0;
     for _ in 0..args.repeat {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<executors::LogChunk>(64);
+        // Plain blocking writes: a benchmark tool should not pay for tokio's stdio threads.
         let printer = tokio::spawn(async move {
-            let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+            use std::io::Write;
             while let Some(chunk) = rx.recv().await {
                 let _ = match chunk.stream {
-                    executors::Stream::Stderr => err.write_all(&chunk.data).await,
-                    _ => out.write_all(&chunk.data).await,
+                    executors::Stream::Stderr => std::io::stderr().write_all(&chunk.data),
+                    _ => std::io::stdout().write_all(&chunk.data),
                 };
             }
-            let _ = out.flush().await;
+            let _ = std::io::stdout().flush();
         });
         let result = exec
             .run_step(
