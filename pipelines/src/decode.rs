@@ -9,6 +9,7 @@ use crate::keys::{self, Level};
 use crate::matrix::{self, Entry, MatrixSpec};
 use crate::model::{Condition, Job, Pipeline, Settings, Spanned, Step};
 use crate::plan::{Image, Isolation, Network, Shell};
+use crate::template;
 use crate::units;
 use crate::yaml::{Node, Pos, ScalarKind, Value};
 
@@ -18,6 +19,10 @@ pub const MAX_RETRY: u64 = 10;
 pub struct Decoder {
     file: String,
     pub diags: Vec<Diagnostic>,
+    /// `image` values with `${{ matrix.KEY }}` seen in the job being read, checked against
+    /// its matrix once that is known: position, key path, text.
+    templates: Vec<(Pos, String, String)>,
+    in_defaults: bool,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -47,6 +52,8 @@ impl Decoder {
         Decoder {
             file: file.to_string(),
             diags: Vec::new(),
+            templates: Vec::new(),
+            in_defaults: false,
         }
     }
 
@@ -141,8 +148,13 @@ impl Decoder {
     fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
         match node.as_scalar() {
             Some(s) if s.kind() == ScalarKind::Bool => Some(s.text.eq_ignore_ascii_case("true")),
-            _ => {
-                self.expected(node, path, "true or false", None);
+            other => {
+                // YAML 1.1 read these as booleans; YAML 1.2, which we follow, reads them as text.
+                let hint = other
+                    .map(|s| s.text.to_ascii_lowercase())
+                    .filter(|t| matches!(t.as_str(), "yes" | "no" | "on" | "off" | "y" | "n"))
+                    .map(|t| format!("`{t}` is text in YAML 1.2: write true or false"));
+                self.expected(node, path, "true or false", hint);
                 None
             }
         }
@@ -245,6 +257,23 @@ impl Decoder {
         }
         let hint =
             Some("an OCI reference such as 127.0.0.1:5000/busybox:latest, or `host`".to_string());
+        if template::is_template(&text) {
+            if self.in_defaults {
+                self.error(
+                    node.pos,
+                    path,
+                    "`${{ matrix... }}` cannot be used in `defaults`",
+                    Some("matrix values belong to a job: set this image on the job".into()),
+                );
+            } else if let Err(why) = template::keys(&text) {
+                self.error(node.pos, path, format!("bad image template: {why}"), None);
+            } else {
+                self.templates
+                    .push((node.pos, path.to_string(), text.clone()));
+                return Some(Image::Oci(text));
+            }
+            return None;
+        }
         if text.trim() != text || text.is_empty() {
             self.error(
                 node.pos,
@@ -406,9 +435,11 @@ impl Decoder {
                 "name" => p.name = self.string(value, key),
                 "env" => p.env = self.env(value, key),
                 "defaults" => {
+                    self.in_defaults = true;
                     for (k, _, v) in self.entries(value, key, Level::Defaults) {
                         self.setting(k, v, key, &mut p.defaults);
                     }
+                    self.in_defaults = false;
                 }
                 "jobs" => {
                     saw_jobs = true;
@@ -434,17 +465,22 @@ impl Decoder {
             self.expected(node, "jobs", "a mapping of job names to jobs", None);
             return Vec::new();
         };
-        if map.is_empty() {
+        let hidden = |k: &Node| k.as_scalar().is_some_and(|s| s.text.starts_with('.'));
+        if map.iter().all(|(k, _)| hidden(k)) {
             self.error(
                 node.pos,
                 "jobs",
                 "`jobs` is empty",
-                Some("add at least one job".into()),
+                Some("add at least one job (names starting with `.` are templates)".into()),
             );
         }
         let mut jobs = Vec::new();
         for (k, v) in map {
             let name = k.as_scalar().map(|s| s.text.clone()).unwrap_or_default();
+            if hidden(k) {
+                // A hidden job, as in GitLab CI: a template for anchors, or a job switched off.
+                continue;
+            }
             let path = join("jobs", &name);
             if !is_job_name(&name) {
                 self.error(
@@ -527,7 +563,46 @@ impl Decoder {
         if let Some((value, p)) = condition_node {
             job.condition = self.condition(value, &p, &job);
         }
+        self.check_templates(&job);
         Some(job)
+    }
+
+    /// Every matrix instance of `job` must turn each image template into a valid reference.
+    fn check_templates(&mut self, job: &Job) {
+        for (pos, path, text) in std::mem::take(&mut self.templates) {
+            if job.matrix.is_empty() {
+                self.error(
+                    pos,
+                    &path,
+                    "`${{ matrix... }}` needs a matrix on this job",
+                    None,
+                );
+                continue;
+            }
+            let keys = template::keys(&text).unwrap_or_default();
+            for inst in &job.matrix {
+                let values: BTreeMap<String, String> = inst.values.iter().cloned().collect();
+                if let Some(missing) = keys.iter().find(|k| !values.contains_key(*k)) {
+                    self.error(
+                        pos,
+                        &path,
+                        format!("the matrix instance ({}) has no `{missing}`", inst.label),
+                        Some("give every combination that key, e.g. as an axis".into()),
+                    );
+                    break;
+                }
+                let image = template::substitute(&text, &values);
+                if let Err(why) = oci_spec::distribution::Reference::try_from(image.as_str()) {
+                    self.error(
+                        pos,
+                        &path,
+                        format!("bad image reference `{image}` for ({}): {why}", inst.label),
+                        Some("an OCI reference such as 127.0.0.1:5000/busybox:latest".into()),
+                    );
+                    break;
+                }
+            }
+        }
     }
 
     fn needs(&mut self, node: &Node, path: &str) -> Vec<Spanned<String>> {
@@ -804,6 +879,7 @@ impl Decoder {
             env: BTreeMap::new(),
             continue_on_error: false,
             secrets: Vec::new(),
+            secrets_at: Vec::new(),
         };
         let mut name_pos = node.pos;
         if let Some(s) = node.as_scalar().filter(|s| s.kind() == ScalarKind::Str) {
@@ -853,7 +929,11 @@ impl Decoder {
                 "continue_on_error" => {
                     step.continue_on_error = self.boolean(value, &p).unwrap_or(false)
                 }
-                "secrets" => step.secrets = self.secrets(value, &p),
+                "secrets" => {
+                    let found = self.secrets(value, &p);
+                    step.secrets = found.iter().map(|(n, _, _)| n.clone()).collect();
+                    step.secrets_at = found.into_iter().map(|(_, pos, p)| (pos, p)).collect();
+                }
                 _ => {}
             }
         }
@@ -868,7 +948,7 @@ impl Decoder {
         Some((step, name_pos))
     }
 
-    fn secrets(&mut self, node: &Node, path: &str) -> Vec<String> {
+    fn secrets(&mut self, node: &Node, path: &str) -> Vec<(String, Pos, String)> {
         let Value::Seq(items) = &node.value else {
             self.expected(
                 node,
@@ -880,7 +960,7 @@ impl Decoder {
             );
             return Vec::new();
         };
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<(String, Pos, String)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
             let Some(name) = self.string(item, &p) else {
@@ -893,10 +973,10 @@ impl Decoder {
                     format!("`{name}` is not a valid secret name"),
                     Some("use letters, digits and _, e.g. DEPLOY_TOKEN".into()),
                 );
-            } else if out.contains(&name) {
+            } else if out.iter().any(|(n, _, _)| *n == name) {
                 self.error(item.pos, &p, format!("`{name}` is listed twice"), None);
             } else {
-                out.push(name);
+                out.push((name, item.pos, p));
             }
         }
         out

@@ -185,7 +185,12 @@ pub fn plan(v: &Validated, opts: &PlanOptions) -> Result<Plan, Diagnostics> {
                         name: s.name.clone(),
                         run: s.run.clone(),
                         shell: eff.shell.unwrap_or(Shell::Sh),
-                        image: eff.image.unwrap_or(Image::Host),
+                        image: match eff.image {
+                            Some(Image::Oci(text)) if crate::template::is_template(&text) => {
+                                Image::Oci(crate::template::substitute(&text, &matrix))
+                            }
+                            other => other.unwrap_or(Image::Host),
+                        },
                         isolation: opts
                             .isolation
                             .or(eff.isolation)

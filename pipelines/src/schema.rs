@@ -88,7 +88,8 @@ pub fn schema() -> Value {
         "env" => json!({"$ref": "#/$defs/env"}),
         "defaults" => object(keys::SETTINGS, &setting),
         _ => json!({"type": "object", "minProperties": 1,
-            "propertyNames": {"$ref": "#/$defs/jobName"},
+            "patternProperties": {"^\\.": {"description": "a hidden job: a template for anchors, not run"}},
+            "propertyNames": {"anyOf": [{"$ref": "#/$defs/jobName"}, {"pattern": "^\\."}]},
             "additionalProperties": {"$ref": "#/$defs/job"}}),
     });
     top["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
@@ -104,7 +105,7 @@ pub fn schema() -> Value {
         "env": {"type": "object", "propertyNames": {"$ref": "#/$defs/name"},
             "additionalProperties": {"$ref": "#/$defs/scalar"}},
         "image": {"type": "string", "minLength": 1,
-            "description": "`host` (the host's root filesystem, read-only under a throwaway layer; the default) or an OCI image reference"},
+            "description": "`host` (the host's root filesystem, read-only under a throwaway layer; the default) or an OCI image reference; in a job or step, `${{ matrix.KEY }}` is replaced per matrix instance"},
         "duration": {"type": "string", "pattern": "^\\s*([0-9]+\\s*h(\\s*[0-9]+\\s*m)?(\\s*[0-9]+\\s*s)?|[0-9]+\\s*m(\\s*[0-9]+\\s*s)?|[0-9]+\\s*s)\\s*$",
             "description": "e.g. 90s, 10m, 1h30m (at most 7 days)"},
         "size": {"type": "string", "pattern": "^\\s*[0-9.]+\\s*(B|b|[KkMmGgTt]|[KMGT]i|[KMGT]iB|kB|KB|MB|GB|TB)$",

@@ -44,6 +44,7 @@ fn yaml_syntax() {
     let d = only("jobs:\n\tbuild: {}\n");
     assert!(d.message.starts_with("YAML syntax error"), "{d}");
     assert_eq!(d.line, 2);
+    hint(&d, "indent with spaces");
 }
 
 #[test]
@@ -91,6 +92,7 @@ jobs:
         "jobs.a.allow_failure",
         "expected true or false, found a string",
     );
+    hint(&e[1], "`yes` is text in YAML 1.2: write true or false");
     at(
         &e[2],
         5,
@@ -647,4 +649,103 @@ jobs:
         e[0].to_string(),
         "p.yml:1:10: version: unsupported version `2` (this runner reads version 1)"
     );
+}
+
+#[test]
+fn bad_image_templates() {
+    let src = "\
+defaults:
+  image: x:${{ matrix.a }}
+jobs:
+  a:
+    image: busybox:${{ matrix.tag }}
+    steps: [x]
+  b:
+    matrix: {tag: [ok, 'Not OK']}
+    steps:
+      - run: x
+        image: busybox:${{ matrix.tag }}
+      - run: y
+        image: busybox:${{ env.TAG }}
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 4, "{e:#?}");
+    at(
+        &e[0],
+        2,
+        10,
+        "defaults.image",
+        "cannot be used in `defaults`",
+    );
+    at(&e[1], 5, 12, "jobs.a.image", "needs a matrix on this job");
+    at(
+        &e[2],
+        11,
+        16,
+        "jobs.b.steps[0].image",
+        "bad image reference `busybox:Not OK` for (tag=Not OK)",
+    );
+    at(
+        &e[3],
+        13,
+        16,
+        "jobs.b.steps[1].image",
+        "only `${{ matrix.KEY }}` can be used here",
+    );
+}
+
+#[test]
+fn secrets_must_not_also_be_set_in_env() {
+    let src = "\
+env: {TOKEN: oops}
+jobs:
+  a:
+    env: {KEY: also-oops}
+    steps:
+      - run: x
+        env: {OTHER: fine}
+        secrets: [OTHER, KEY, TOKEN, FINE]
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    at(
+        &e[0],
+        8,
+        19,
+        "jobs.a.steps[0].secrets[0]",
+        "`OTHER` is a secret of this step and is also set in the step's `env`",
+    );
+    at(
+        &e[1],
+        8,
+        26,
+        "jobs.a.steps[0].secrets[1]",
+        "also set in the job's `env`",
+    );
+    at(
+        &e[2],
+        8,
+        31,
+        "jobs.a.steps[0].secrets[2]",
+        "also set in the pipeline's `env`",
+    );
+    hint(&e[2], "remove it from `env`");
+}
+
+#[test]
+fn yaml_level_problems_do_not_hide_the_others() {
+    let src = "\
+jobs:
+  a:
+    steps: [x]
+    steps: [y]
+    retry: many
+  b: !custom
+    steps: [z]
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    at(&e[0], 4, 5, "", "duplicate key `steps`");
+    at(&e[1], 5, 12, "jobs.a.retry", "expected a whole number");
+    at(&e[2], 6, 6, "", "YAML tag `!custom` is not supported here");
 }

@@ -130,7 +130,12 @@ fn options() -> impl Strategy<Value = PlanOptions> {
 
 /// Validate and plan; on failure every diagnostic must point inside the file.
 fn check(src: &str, opts: &PlanOptions) {
-    let lines = src.split('\n').count().max(1);
+    // YAML counts \r\n, \r and \n as line breaks.
+    let lines = src
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .split('\n')
+        .count();
     if let Err(d) = validate_str(src, "f.yml") {
         assert!(!d.0.is_empty(), "an error without diagnostics");
         for e in &d.0 {
@@ -147,7 +152,11 @@ fn check(src: &str, opts: &PlanOptions) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    // 400 cases per property by default; PROPTEST_CASES=20000 for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_text_never_panics(src in any::<String>()) {

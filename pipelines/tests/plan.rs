@@ -309,3 +309,61 @@ jobs:
         Image::Oci("127.0.0.1:5000/busybox:latest".into())
     );
 }
+
+#[test]
+fn image_templates_pick_an_image_per_matrix_instance() {
+    let src = "\
+jobs:
+  test:
+    matrix: {rust: ['1.85', '1.90']}
+    image: 127.0.0.1:5000/rust:${{ matrix.rust }}
+    steps:
+      - run: cargo test
+      - run: cargo fmt --check
+        image: 127.0.0.1:5000/${{matrix.rust}}-tools:latest
+";
+    let p = plan(src, &PlanOptions::default());
+    let images: Vec<String> = p
+        .jobs
+        .iter()
+        .flat_map(|j| &j.steps)
+        .map(|s| match &s.image {
+            Image::Oci(r) => r.clone(),
+            Image::Host => "host".into(),
+        })
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "127.0.0.1:5000/rust:1.85",
+            "127.0.0.1:5000/1.85-tools:latest",
+            "127.0.0.1:5000/rust:1.90",
+            "127.0.0.1:5000/1.90-tools:latest"
+        ]
+    );
+}
+
+#[test]
+fn hidden_jobs_are_templates_and_do_not_run() {
+    let src = "\
+jobs:
+  .defaults: &d
+    image: 127.0.0.1:5000/busybox:latest
+    steps: [echo template]
+  .disabled:
+    needs: [nowhere]
+    steps: []
+  real:
+    <<: *d
+";
+    let p = plan(src, &PlanOptions::default());
+    assert_eq!(ids(&p), ["real"]);
+    assert_eq!(p.jobs[0].steps[0].run, "echo template");
+    let err = plan_str(
+        "jobs:\n  .only: {steps: [x]}\n",
+        "ci.yml",
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.0[0].message, "`jobs` is empty");
+}

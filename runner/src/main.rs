@@ -7,6 +7,7 @@ mod config;
 mod coordinator;
 mod jobrun;
 mod metrics;
+mod mask;
 mod paths;
 mod protocol;
 

@@ -30,10 +30,11 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use thiserror::Error;
 
 pub use boot::GuestImage;
-pub use devices::{BootTimerReading, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
+pub use devices::{BootTimerReading, InputError, SerialInput, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use kvm::KvmKind;
 pub use vcpu::VmEnd;
 
+use devices::Devices;
 use memory::GuestMemory;
 use vcpu::Event;
 
@@ -52,8 +53,14 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// Number of vCPUs (1..=MAX_VCPUS).
     pub vcpus: u8,
-    /// Where the guest's serial console output goes.
+    /// Where the guest's serial console (COM1) output goes.
     pub serial: Box<dyn Write + Send>,
+    /// A second UART (COM2, 0x2f8, IRQ 3) for a guest agent: where its output goes. Input
+    /// goes in through [`Vm::agent_input`].
+    pub agent: Option<Box<dyn Write + Send>>,
+    /// A raw disk image the guest sees read-only as a virtio block device (`/dev/vda`), found
+    /// through ACPI (virtio-mmio, `LNRO0005`).
+    pub root_disk: Option<PathBuf>,
     /// Stop the VM after this long (None: run until the guest ends it or `StopHandle::stop`).
     pub timeout: Option<Duration>,
 }
@@ -68,6 +75,8 @@ impl VmConfig {
             mem_mib: 128,
             vcpus: 1,
             serial: Box::new(std::io::sink()),
+            agent: None,
+            root_disk: None,
             timeout: None,
         }
     }
@@ -81,6 +90,8 @@ impl std::fmt::Debug for VmConfig {
             .field("initrd", &self.initrd)
             .field("mem_mib", &self.mem_mib)
             .field("vcpus", &self.vcpus)
+            .field("agent", &self.agent.is_some())
+            .field("root_disk", &self.root_disk)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -156,9 +167,9 @@ pub struct Vm {
     build_time: Duration,
     timeout: Option<Duration>,
     events: (Sender<Event>, Receiver<Event>),
+    /// Set when the VM stops: vCPU threads leave, serial inputs give up.
+    stop: Arc<AtomicBool>,
 }
-
-use devices::Devices;
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,16 +194,45 @@ impl Vm {
         }
         let kvm = kvm::open()?;
         let mem = memory::allocate(config.mem_mib)?;
-        let vm = vm::create(&kvm, &mem)?;
-        let loaded = boot::load(
-            &mem,
-            config.mem_mib,
-            &config.image,
-            &config.cmdline,
-            config.initrd.as_deref(),
-        )?;
-        let cr3 = cpu::write_boot_tables(&mem)?;
-        let devices = Arc::new(Devices::new(&vm, config.serial, created)?);
+        // Creating the VM is mostly waiting in the kernel (memory-slot and irqchip setup wait
+        // for RCU grace periods); copying a kernel and initrd is mostly page faults. Neither
+        // needs the other, so they overlap.
+        let (vm, loaded) = std::thread::scope(|s| {
+            let creating = std::thread::Builder::new()
+                .name("vm-create".into())
+                .spawn_scoped(s, || vm::create(&kvm, &mem));
+            let platform = boot::Platform {
+                mem_mib: config.mem_mib,
+                cpus: config.vcpus,
+                agent_uart: config.agent.is_some(),
+                block_device: config.root_disk.is_some(),
+            };
+            let loaded = boot::load(
+                &mem,
+                platform,
+                &config.image,
+                &config.cmdline,
+                config.initrd.as_deref(),
+            )
+            .map_err(Error::from)
+            .and_then(|l| Ok((l, cpu::write_boot_tables(&mem)?)));
+            let vm = match creating {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to spare: create it here, after loading.
+                Err(_) => vm::create(&kvm, &mem),
+            };
+            (vm, loaded)
+        });
+        let vm = vm?;
+        let (loaded, cr3) = loaded?;
+        let device_config = devices::DeviceConfig {
+            console_out: config.serial,
+            agent_out: config.agent,
+            root_disk: config.root_disk.as_deref(),
+        };
+        let devices = Arc::new(Devices::new(&vm, &mem, device_config, created)?);
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for id in 0..config.vcpus {
             let fd = vm
@@ -210,7 +250,19 @@ impl Vm {
             build_time: created.elapsed(),
             timeout: config.timeout,
             events: mpsc::channel(),
+            stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Feeds the guest's console (COM1) input.
+    pub fn console_input(&self) -> SerialInput {
+        SerialInput::new(self.devices.console().clone(), self.stop.clone())
+    }
+
+    /// Feeds the agent UART (COM2), if the config asked for one.
+    pub fn agent_input(&self) -> Option<SerialInput> {
+        let port = self.devices.agent()?.clone();
+        Some(SerialInput::new(port, self.stop.clone()))
     }
 
     /// A handle that stops this VM while `run` is in progress.
@@ -229,7 +281,7 @@ impl Vm {
     /// then stops every vCPU and tears the VM down.
     pub fn run(mut self) -> Result<RunReport, Error> {
         vcpu::install_kick_handler().map_err(Error::Thread)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = self.stop.clone();
         let mut threads = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus) {
             let (devices, flag, events) =
@@ -240,19 +292,23 @@ impl Vm {
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    stop_all(&stop, &threads);
+                    let _ = stop_all(&stop, &threads);
                     return Err(Error::Thread(e));
                 }
             }
         }
         let waited = self.wait(threads.len());
-        stop_all(&stop, &threads);
-        for t in threads {
-            // The threads have finished; join only reaps them. A panicked vCPU thread already
-            // reported nothing, and the VM is over either way.
+        let all_stopped = stop_all(&stop, &threads);
+        for t in threads.into_iter().filter(|t| t.is_finished()) {
+            // Join only reaps finished threads. A panicked vCPU thread already reported
+            // nothing, and the VM is over either way.
             let _ = t.join();
         }
         let end = match waited {
+            _ if !all_stopped => VmEnd::Error(format!(
+                "a vCPU thread did not stop within {STOP_GRACE:?} (blocked in a serial sink?); \
+                 it was left to finish on its own"
+            )),
             Waited::Ended(end) => end,
             Waited::Stopped => VmEnd::Stopped,
             // A guest whose boot vCPU sleeps in HLT with interrupts off has finished (or hung)
@@ -308,6 +364,13 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Whether or not it ran: serial inputs must stop waiting for a reader.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// What ended the wait for a running VM.
 enum Waited {
     /// A vCPU ended the VM.
@@ -318,14 +381,24 @@ enum Waited {
     TimedOut,
 }
 
-/// Sets the stop flag and kicks every vCPU thread until it has left KVM_RUN and finished.
-/// Kicking repeats because a signal that lands just before a thread re-enters KVM_RUN is lost.
-fn stop_all(stop: &AtomicBool, threads: &[JoinHandle<()>]) {
+/// How long `run` waits for vCPU threads to stop before giving up on them.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Sets the stop flag and kicks every vCPU thread until it has left KVM_RUN and finished;
+/// false if one is still busy after `STOP_GRACE` (stuck writing to a blocked serial sink: the
+/// kick interrupts KVM_RUN, not the sink). Kicking repeats because a signal that lands just
+/// before a thread re-enters KVM_RUN is lost.
+fn stop_all(stop: &AtomicBool, threads: &[JoinHandle<()>]) -> bool {
     stop.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + STOP_GRACE;
     while threads.iter().any(|t| !t.is_finished()) {
+        if Instant::now() > deadline {
+            return false;
+        }
         for t in threads.iter().filter(|t| !t.is_finished()) {
             vcpu::kick(t);
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    true
 }

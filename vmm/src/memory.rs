@@ -27,7 +27,7 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// Where the GDT lives (low memory, below anything the loader writes).
 pub const GDT_ADDRESS: u64 = 0x500;
 /// Where an empty IDT lives: the guest installs its own before enabling interrupts.
-pub const IDT_ADDRESS: u64 = 0x520;
+pub const IDT_ADDRESS: u64 = 0x540;
 /// The Linux zero page (`struct boot_params`); RSI points here at the 64-bit entry.
 pub const ZERO_PAGE_ADDRESS: u64 = 0x7000;
 /// Top of the boot stack (grows down, below the page tables).
@@ -36,7 +36,7 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_ADDRESS: u64 = 0x9000;
 /// Page-directory-pointer table of the boot identity map.
 pub const PDPT_ADDRESS: u64 = 0xa000;
-/// Page directory of the boot identity map (2 MiB pages).
+/// The four page directories of the boot identity map (2 MiB pages), one page each.
 pub const PD_ADDRESS: u64 = 0xb000;
 /// The kernel command line, NUL terminated.
 pub const CMDLINE_ADDRESS: u64 = 0x20000;
@@ -215,13 +215,13 @@ mod tests {
     #[test]
     fn boot_structures_do_not_overlap() {
         let mut areas = [
-            (GDT_ADDRESS, 4 * 8),
+            (GDT_ADDRESS, 6 * 8),
             (IDT_ADDRESS, 8),
             (ZERO_PAGE_ADDRESS, 4096),
             (BOOT_STACK_POINTER - 0x800, 0x800),
             (PML4_ADDRESS, 4096),
             (PDPT_ADDRESS, 4096),
-            (PD_ADDRESS, 4096),
+            (PD_ADDRESS, 4 * 4096),
             (CMDLINE_ADDRESS, CMDLINE_MAX_SIZE as u64),
         ];
         areas.sort();

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
 
 use crate::devices::{Devices, PortAction};
 
@@ -62,15 +62,12 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     // Nothing to do: delivering the signal is enough to make KVM_RUN return EINTR.
 }
 
-/// Installs the (empty) kick handler once per process.
+/// Installs the (empty) kick handler once per process; every later call reports how that went.
 pub fn install_kick_handler() -> Result<(), std::io::Error> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
-    });
-    result
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .map_err(std::io::Error::from_raw_os_error)
 }
 
 /// Interrupts a vCPU thread's KVM_RUN so that it sees the stop flag.
@@ -86,7 +83,11 @@ pub fn run(
     stop: Arc<AtomicBool>,
     events: Sender<Event>,
 ) {
-    let mut end = run_loop(&mut vcpu, &devices, &stop);
+    // The caller's signal mask is inherited; the kick must get through.
+    let mut end = match unblock_signal(kick_signal()) {
+        Ok(()) => run_loop(&mut vcpu, &devices, &stop),
+        Err(e) => VmEnd::Error(format!("cannot unblock the vCPU kick signal: {e}")),
+    };
     if end == VmEnd::Stopped && halted_for_good(&vcpu) {
         end = VmEnd::Halt;
     }
@@ -116,9 +117,8 @@ fn run_loop(vcpu: &mut VcpuFd, devices: &Devices, stop: &AtomicBool) -> VmEnd {
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => devices.pio_read(port, data),
-            // No MMIO devices: reads of unbacked addresses see all ones, writes vanish.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::MmioRead(addr, data)) => devices.mmio_read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => devices.mmio_write(addr, data),
             Ok(VcpuExit::Hlt) => return VmEnd::Halt,
             Ok(VcpuExit::Shutdown) => return VmEnd::TripleFault,
             Ok(VcpuExit::SystemEvent(kind, _)) => {

@@ -13,10 +13,13 @@ use vmm::kvm::{self, KvmKind};
 use vmm::memory::{self, CMDLINE_ADDRESS, HIMEM_START, ZERO_PAGE_ADDRESS};
 use vmm::{Vm, VmConfig, VmEnd};
 
-/// The unpacked kernel: `$VMM_TEST_KERNEL_DIR/boot/vmlinuz-*`.
+/// The kernel `deploy/setup-vm-kernel.sh` unpacked for the VM executor:
+/// `$VMM_TEST_KERNEL_DIR/boot/vmlinuz-*`, by default under `${RUNNER_DATA_DIR:-/var/lib/runner}/vm/kernel`.
 fn debian_kernel() -> PathBuf {
-    let dir = std::env::var("VMM_TEST_KERNEL_DIR")
-        .unwrap_or_else(|_| "/var/cache/runner/vmm-test-kernel".into());
+    let dir = std::env::var("VMM_TEST_KERNEL_DIR").unwrap_or_else(|_| {
+        let data = std::env::var("RUNNER_DATA_DIR").unwrap_or_else(|_| "/var/lib/runner".into());
+        format!("{data}/vm/kernel")
+    });
     let boot = Path::new(&dir).join("boot");
     std::fs::read_dir(&boot)
         .ok()
@@ -66,7 +69,13 @@ fn debian_kernel_and_initrd_load_where_the_boot_protocol_wants_them() {
     let mem = memory::allocate(mem_mib).unwrap();
     let image = GuestImage::Kernel(path.clone());
     let cmdline = "console=ttyS0 reboot=k";
-    let loaded = boot::load(&mem, mem_mib, &image, cmdline, Some(initrd.path())).unwrap();
+    let platform = boot::Platform {
+        mem_mib,
+        cpus: 2,
+        agent_uart: false,
+        block_device: false,
+    };
+    let loaded = boot::load(&mem, platform, &image, cmdline, Some(initrd.path())).unwrap();
     assert_eq!(
         loaded.entry,
         HIMEM_START + 0x200,
@@ -110,17 +119,52 @@ fn debian_kernel_and_initrd_load_where_the_boot_protocol_wants_them() {
     assert_eq!(cl[cmdline.len()], 0);
 }
 
-/// A newc initramfs with static busybox as /init's shell: it prints a marker and reboots,
-/// which with `reboot=k` is an i8042 reset.
-fn busybox_initramfs(dir: &Path) -> PathBuf {
+/// The kernel's own virtio modules, which the initramfs loads (Debian builds them as modules).
+const VIRTIO_MODULES: &[&str] = &[
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/block/virtio_blk.ko",
+];
+
+/// A newc initramfs with static busybox as /init's shell and the virtio modules: it prints a
+/// marker on the console, loads the modules, prints the start of /dev/vda (our virtio block
+/// device, found through ACPI), writes to the agent UART (/dev/ttyS1), and reboots, which with
+/// `reboot=k` is an i8042 reset.
+fn busybox_initramfs(dir: &Path, kernel: &Path) -> PathBuf {
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("m")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .expect("/bin/busybox (busybox-static, installed by deploy/setup.sh)");
+    let release = kernel.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_owned();
+    let modules = kernel
+        .parent()
+        .unwrap()
+        .join("../lib/modules")
+        .join(&release)
+        .join("kernel");
+    let mut list = String::from(".\nbin\nbin/busybox\ninit\nm\n");
+    let mut load = String::new();
+    for m in VIRTIO_MODULES {
+        let name = Path::new(m)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        std::fs::copy(modules.join(m), root.join("m").join(&name)).unwrap();
+        list.push_str(&format!("m/{name}\n"));
+        load.push_str(&format!("/bin/busybox insmod /m/{name}\n"));
+    }
     let init = root.join("init");
     std::fs::write(
         &init,
-        "#!/bin/busybox sh\n/bin/busybox echo VMM-LINUX-BOOTED\n/bin/busybox reboot -f\n",
+        format!(
+            "#!/bin/busybox sh\n/bin/busybox echo VMM-LINUX-BOOTED\n{load}\
+             /bin/busybox mkdir -p /dev\n/bin/busybox mount -t devtmpfs dev /dev\n\
+             /bin/busybox sleep 1\n/bin/busybox head -c 9 /dev/vda\n/bin/busybox echo\n\
+             /bin/busybox echo AGENT-CHANNEL-OK > /dev/ttyS1\n/bin/busybox reboot -f\n"
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -136,7 +180,7 @@ fn busybox_initramfs(dir: &Path) -> PathBuf {
     cpio.stdin
         .take()
         .unwrap()
-        .write_all(b".\nbin\nbin/busybox\ninit\n")
+        .write_all(list.as_bytes())
         .unwrap();
     assert!(cpio.wait().unwrap().success());
     out
@@ -158,16 +202,23 @@ impl Write for Capture {
 #[test]
 fn linux_boots_to_init_on_hardware_kvm_and_is_refused_elsewhere() {
     let kind = kvm::detect().expect("/dev/kvm is needed for this suite");
-    let mut cfg = VmConfig::new(GuestImage::Kernel(debian_kernel()));
-    cfg.cmdline = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux \
-                   i8042.dumbkbd rdinit=/init"
-        .into();
+    let kernel = debian_kernel();
+    let mut cfg = VmConfig::new(GuestImage::Kernel(kernel.clone()));
+    cfg.cmdline = "console=ttyS0 reboot=k panic=-1 pci=off rdinit=/init".into();
     cfg.mem_mib = 256;
+    cfg.vcpus = 2;
     cfg.timeout = Some(Duration::from_secs(30));
     let serial = Capture::default();
     cfg.serial = Box::new(serial.clone());
+    let agent = Capture::default();
+    cfg.agent = Some(Box::new(agent.clone()));
     let dir = tempfile::tempdir().unwrap();
-    cfg.initrd = Some(busybox_initramfs(dir.path()));
+    cfg.initrd = Some(busybox_initramfs(dir.path(), &kernel));
+    let disk = dir.path().join("root.img");
+    let mut image = b"VMM-DISK!".to_vec();
+    image.resize(1 << 20, 0);
+    std::fs::write(&disk, image).unwrap();
+    cfg.root_disk = Some(disk);
 
     if !kind.boots_linux() {
         // The refusal is what this host can check: clear, immediate, naming the KVM kind.
@@ -190,4 +241,13 @@ fn linux_boots_to_init_on_hardware_kvm_and_is_refused_elsewhere() {
     assert_eq!(report.end, VmEnd::Reset, "serial console:\n{out}");
     assert!(out.contains("Linux version"), "{out}");
     assert!(out.contains("VMM-LINUX-BOOTED"), "{out}");
+    // Both vCPUs came up: Linux read our ACPI MADT (Debian's kernel has no MP-table parser).
+    assert!(out.contains("Brought up 1 node, 2 CPUs"), "{out}");
+    // The virtio block device, found through the DSDT, served the disk's first bytes.
+    assert!(out.contains("VMM-DISK!"), "{out}");
+    let agent_out = String::from_utf8_lossy(&agent.0.lock().unwrap()).into_owned();
+    assert!(
+        agent_out.contains("AGENT-CHANNEL-OK"),
+        "agent UART: {agent_out:?}\n{out}"
+    );
 }

@@ -21,8 +21,6 @@ pub enum AuthError {
         source_name: String,
         reason: String,
     },
-    #[error("plain http to {0} is not allowed: add it to `insecure` under [registries] in the runner config")]
-    InsecureNotAllowed(String),
 }
 
 /// When a step's image is fetched from its registry.

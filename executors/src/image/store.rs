@@ -53,6 +53,8 @@ pub enum StoreError {
         #[source]
         source: UnpackError,
     },
+    #[error(transparent)]
+    Digest(#[from] VerifyError),
     #[error("layer {digest}: {reason}")]
     Layer { digest: String, reason: String },
     #[error("{0} is not in the local image store (pull policy `never`)")]
@@ -659,7 +661,7 @@ pub(crate) fn unpack_blob<R: Read>(
     }
 }
 
-fn decompressor<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
+pub(crate) fn decompressor<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut br = BufReader::with_capacity(256 * 1024, r);
     let head = br.fill_buf()?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {

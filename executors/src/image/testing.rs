@@ -26,6 +26,9 @@ use serde_json::json;
 
 use super::verify::Digest;
 
+/// Entry kinds for [`LayerBuilder::raw`] and [`LayerBuilder::device`].
+pub use tar::EntryType;
+
 pub type TestResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The layer media type for zstd (oci-client has no constant for it).
@@ -146,10 +149,10 @@ impl TestRegistry {
 
     /// How many times a blob was served with GET (from the access log).
     pub fn blob_gets(&self, digest: &str) -> usize {
-        let needle = format!("GET /v2/");
+        let blob = format!("/blobs/{digest}");
         self.log()
             .lines()
-            .filter(|l| l.contains(&needle) && l.contains(&format!("/blobs/{digest}")))
+            .filter(|l| l.contains("GET /v2/") && l.contains(&blob))
             .filter(|l| l.contains("\" 200 ") || l.contains("\" 307 "))
             .count()
     }
@@ -177,6 +180,7 @@ pub struct Layer {
     pub media_type: String,
     /// sha256 of the uncompressed tar.
     pub diff_id: String,
+    digest: String,
 }
 
 impl Layer {
@@ -198,6 +202,7 @@ impl Layer {
             ),
         };
         Layer {
+            digest: Digest::of(&blob).to_string(),
             blob,
             media_type: media_type.to_string(),
             diff_id,
@@ -205,7 +210,7 @@ impl Layer {
     }
 
     pub fn digest(&self) -> String {
-        Digest::of(&self.blob).to_string()
+        self.digest.clone()
     }
 }
 

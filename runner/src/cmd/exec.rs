@@ -71,6 +71,7 @@ pub enum IsolationArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Event {
     Push,
+    #[value(name = "pull_request", alias = "pull-request")]
     PullRequest,
     Manual,
 }

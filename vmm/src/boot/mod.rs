@@ -1,8 +1,10 @@
 //! Putting a guest into memory: the kernel (bzImage or ELF vmlinux, via `linux-loader`) or a
 //! raw 64-bit program, the command line, the initrd, and the zero page that describes them.
 
+pub mod acpi;
 mod header;
 mod initrd;
+pub mod mptable;
 mod zero_page;
 
 pub use header::{read_bzimage_header, BzImageHeader};
@@ -87,6 +89,12 @@ pub enum Error {
     /// Memory layout problem.
     #[error(transparent)]
     Memory(#[from] memory::Error),
+    /// Building or writing the ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
+    /// Building or writing the MP table failed.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     /// Writing the zero page failed.
     #[error("cannot write the zero page: {0}")]
     ZeroPage(linux_loader::configurator::Error),
@@ -101,10 +109,24 @@ pub struct Loaded {
     pub image_end: u64,
 }
 
-/// Loads the image, command line, initrd and zero page into `mem` (of `mem_mib` MiB).
+/// The virtual hardware the firmware tables describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Whether COM2 (the agent UART) exists.
+    pub agent_uart: bool,
+    /// Whether the virtio block device exists.
+    pub block_device: bool,
+}
+
+/// Loads the image, command line and initrd into `mem`, then the tables describing `platform`:
+/// the zero page (with the e820 map), ACPI, and an MP table for kernels without ACPI.
 pub fn load(
     mem: &GuestMemory,
-    mem_mib: u64,
+    platform: Platform,
     image: &GuestImage,
     cmdline: &str,
     initrd: Option<&Path>,
@@ -117,19 +139,22 @@ pub fn load(
     let initrd = match initrd {
         Some(path) => Some(initrd::load(
             mem,
-            mem_mib,
+            platform.mem_mib,
             path,
             loaded.image_end,
             header.as_ref(),
         )?),
         None => None,
     };
+    let rsdp = acpi::write(mem, &platform)?;
+    mptable::write(mem, platform.cpus)?;
     let params: boot_params = build_zero_page(&ZeroPageInputs {
         header,
         cmdline_addr: CMDLINE_ADDRESS,
         cmdline_len,
         initrd,
-        e820: memory::e820_map(mem_mib)?,
+        e820: memory::e820_map(platform.mem_mib)?,
+        acpi_rsdp: Some(rsdp),
     });
     let params = BootParams::new(&params, GuestAddress(memory::ZERO_PAGE_ADDRESS));
     LinuxBootConfigurator::write_bootparams(&params, mem).map_err(Error::ZeroPage)?;

@@ -27,6 +27,8 @@ pub struct ZeroPageInputs {
     pub initrd: Option<(u64, u64)>,
     /// Usable RAM.
     pub e820: Vec<E820Entry>,
+    /// Address of the ACPI RSDP, if there are ACPI tables (boot protocol 2.14+).
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Builds `boot_params`. The e820 table holds at most 128 entries; ours has three at most.
@@ -59,6 +61,7 @@ pub fn build_zero_page(inputs: &ZeroPageInputs) -> boot_params {
         };
     }
     params.e820_entries = n as u8;
+    params.acpi_rsdp_addr = inputs.acpi_rsdp.unwrap_or(0);
     params
 }
 
@@ -80,6 +83,7 @@ mod tests {
             cmdline_len: 11,
             initrd: Some((0x3f0_0000, 0x1234)),
             e820: memory::e820_map(64).unwrap(),
+            acpi_rsdp: Some(0xe0000),
         });
         let b = params.as_slice();
         assert_eq!(b.len(), 4096);
@@ -92,6 +96,10 @@ mod tests {
         assert_eq!(u32_at(b, 0x218), 0x3f0_0000);
         assert_eq!(u32_at(b, 0x21c), 0x1234);
         assert_eq!(b[0x1e8], 2, "e820_entries");
+        assert_eq!(
+            u64::from_le_bytes(b[0x70..0x78].try_into().unwrap()),
+            0xe0000
+        );
         // Second e820 entry (20 bytes each from 0x2d0): 1 MiB .. 64 MiB, RAM.
         let e1 = 0x2d0 + 20;
         assert_eq!(

@@ -14,12 +14,13 @@ pub const DATA: u16 = 0xc093;
 /// Access/flags word of a busy 64-bit TSS: present, type 0xb, 4 KiB granularity.
 pub const TSS: u16 = 0x808b;
 
-/// Selector (byte offset) of the code segment.
-pub const CODE_SELECTOR: u16 = 0x08;
-/// Selector of the data segment.
-pub const DATA_SELECTOR: u16 = 0x10;
-/// Selector of the TSS.
-pub const TSS_SELECTOR: u16 = 0x18;
+/// Selector (byte offset) of the code segment: `__BOOT_CS`, which the Linux boot protocol
+/// (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol") says CS must hold at entry.
+pub const CODE_SELECTOR: u16 = 0x10;
+/// Selector of the data segment: `__BOOT_DS`, for DS, ES and SS at entry.
+pub const DATA_SELECTOR: u16 = 0x18;
+/// Selector of the TSS (a 16-byte system descriptor in long mode: two slots).
+pub const TSS_SELECTOR: u16 = 0x20;
 
 /// Encodes one 8-byte descriptor. `flags` packs the access byte (bits 0-7) and the flags
 /// nibble (bits 12-15), as the words above do.
@@ -34,14 +35,21 @@ pub const fn entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit & 0x0000_ffff)
 }
 
-/// The table: null, code, data, TSS (in that order, matching the selectors).
-pub fn table() -> [u64; 4] {
+/// The table, indexed by selector / 8: null, unused, code, data, TSS (low and high half).
+pub fn table() -> [u64; 6] {
     [
+        0,
         0,
         entry(CODE64, 0, 0xfffff),
         entry(DATA, 0, 0xfffff),
         entry(TSS, 0, 0xfffff),
+        0,
     ]
+}
+
+/// The descriptor a selector points at.
+pub fn descriptor(selector: u16) -> u64 {
+    table()[usize::from(selector / 8)]
 }
 
 /// The segment-register form of descriptor `raw` at `selector`.
@@ -88,17 +96,18 @@ mod tests {
 
     #[test]
     fn code_segment_round_trips_to_a_long_mode_kvm_segment() {
-        let cs = segment(table()[1], CODE_SELECTOR);
-        assert_eq!((cs.base, cs.limit, cs.selector), (0, 0xffff_ffff, 0x08));
+        let cs = segment(descriptor(CODE_SELECTOR), CODE_SELECTOR);
+        assert_eq!((cs.base, cs.limit, cs.selector), (0, 0xffff_ffff, 0x10));
         assert_eq!((cs.type_, cs.present, cs.dpl, cs.s), (0xb, 1, 0, 1));
         assert_eq!((cs.l, cs.db, cs.g, cs.unusable), (1, 0, 1, 0));
     }
 
     #[test]
     fn data_and_tss_segments_decode() {
-        let ds = segment(table()[2], DATA_SELECTOR);
+        let ds = segment(descriptor(DATA_SELECTOR), DATA_SELECTOR);
+        assert_eq!(ds.selector, 0x18);
         assert_eq!((ds.type_, ds.db, ds.l, ds.s), (0x3, 1, 0, 1));
-        let tss = segment(table()[3], TSS_SELECTOR);
+        let tss = segment(descriptor(TSS_SELECTOR), TSS_SELECTOR);
         assert_eq!(
             (tss.type_, tss.s, tss.g, tss.limit),
             (0xb, 0, 1, 0xffff_ffff)

@@ -55,11 +55,11 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
     sregs.gdt.limit = (std::mem::size_of_val(&table) - 1) as u16;
     sregs.idt.base = IDT_ADDRESS;
     sregs.idt.limit = 7;
-    let code = gdt::segment(table[1], gdt::CODE_SELECTOR);
-    let data = gdt::segment(table[2], gdt::DATA_SELECTOR);
+    let code = gdt::segment(gdt::descriptor(gdt::CODE_SELECTOR), gdt::CODE_SELECTOR);
+    let data = gdt::segment(gdt::descriptor(gdt::DATA_SELECTOR), gdt::DATA_SELECTOR);
     sregs.cs = code;
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = gdt::segment(table[3], gdt::TSS_SELECTOR);
+    sregs.tr = gdt::segment(gdt::descriptor(gdt::TSS_SELECTOR), gdt::TSS_SELECTOR);
     sregs.cr3 = cr3;
     sregs.cr4 |= CR4_PAE;
     sregs.efer |= EFER_LME | EFER_LMA;
@@ -78,8 +78,8 @@ mod tests {
         assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE | CR0_PG);
         assert_ne!(s.cr4 & CR4_PAE, 0);
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
-        assert_eq!((s.cs.l, s.cs.selector, s.ss.selector), (1, 0x08, 0x10));
-        assert_eq!((s.gdt.base, s.gdt.limit), (GDT_ADDRESS, 31));
+        assert_eq!((s.cs.l, s.cs.selector, s.ss.selector), (1, 0x10, 0x18));
+        assert_eq!((s.gdt.base, s.gdt.limit), (GDT_ADDRESS, 47));
     }
 
     #[test]
@@ -92,7 +92,7 @@ mod tests {
     fn descriptor_tables_are_written() {
         let mem = crate::memory::allocate(2).unwrap();
         write_descriptor_tables(&mem).unwrap();
-        let code: u64 = mem.read_obj(GuestAddress(GDT_ADDRESS + 8)).unwrap();
-        assert_eq!(code, gdt::table()[1]);
+        let code: u64 = mem.read_obj(GuestAddress(GDT_ADDRESS + 0x10)).unwrap();
+        assert_eq!(code, gdt::entry(gdt::CODE64, 0, 0xfffff));
     }
 }
