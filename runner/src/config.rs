@@ -32,6 +32,9 @@ pub struct VmSection {
     pub qemu: Option<std::path::PathBuf>,
     /// `auto` (KVM where it can boot Linux, else TCG), `kvm` or `tcg`.
     pub accel: Option<String>,
+    /// Hypervisor: `auto` (the in-process microVM where KVM is hardware-backed, else QEMU),
+    /// `qemu` or `microvm` (refused where KVM cannot boot Linux, e.g. PVM).
+    pub backend: Option<String>,
     /// vCPUs of a VM whose step does not set `resources.cpus` [default: 1].
     pub cpus: Option<u32>,
     /// Memory in MiB of a VM whose step does not set `resources.memory` [default: 512].
@@ -62,6 +65,14 @@ impl VmSection {
             Some(other) => {
                 anyhow::bail!("[vm] accel = {other:?}: expected \"auto\", \"kvm\" or \"tcg\"")
             }
+        };
+        c.backend = match self.backend.as_deref() {
+            None | Some("auto") => executors::vm::microvm::Backend::Auto,
+            Some("qemu") => executors::vm::microvm::Backend::Qemu,
+            Some("microvm") => executors::vm::microvm::Backend::Microvm,
+            Some(other) => anyhow::bail!(
+                "[vm] backend = {other:?}: expected \"auto\", \"qemu\" or \"microvm\""
+            ),
         };
         c.cpus = self.cpus.unwrap_or(c.cpus).max(1);
         c.memory_mib = self.memory_mib.unwrap_or(c.memory_mib);
@@ -125,6 +136,10 @@ mod tests {
         let d = Config::default().vm.to_vm_config(Path::new("/d")).unwrap();
         assert_eq!(d.kernel_dir, Path::new("/d/vm/kernel"));
         assert_eq!(d.accel, None);
+        assert_eq!(d.backend, executors::vm::microvm::Backend::Auto);
+        let c: Config = toml::from_str("[vm]\nbackend = \"microvm\"\n").unwrap();
+        let v = c.vm.to_vm_config(Path::new("/d")).unwrap();
+        assert_eq!(v.backend, executors::vm::microvm::Backend::Microvm);
     }
 
     #[test]
@@ -132,6 +147,9 @@ mod tests {
         let c: Config = toml::from_str("[vm]\naccel = \"hvf\"\n").unwrap();
         let e = c.vm.to_vm_config(Path::new("/d")).unwrap_err().to_string();
         assert!(e.contains("accel"), "{e}");
+        let c: Config = toml::from_str("[vm]\nbackend = \"firecracker\"\n").unwrap();
+        let e = c.vm.to_vm_config(Path::new("/d")).unwrap_err().to_string();
+        assert!(e.contains("backend") && e.contains("microvm"), "{e}");
         assert!(toml::from_str::<Config>("[vm]\nwarm = 1\n").is_err());
     }
 }

@@ -64,7 +64,10 @@ impl Server {
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--heartbeat-timeout", &self.heartbeat_timeout.to_string()])
             .args(["--poll-timeout", "10"])
-            .env("RUST_LOG", "runner=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("COORD_TEST_LOG").unwrap_or_else(|_| "runner=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("serve.log")).unwrap())
             .spawn()

@@ -70,7 +70,10 @@ impl Agent {
     /// Jobs left by a previous agent process: a finished job whose report did not get through
     /// is reported now; a job that was still running is reported failed (it was interrupted),
     /// and its workspace removed.
-    async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
+    async fn reconcile(
+        self: &Arc<Self>,
+        jobs: &mut tokio::task::JoinSet<()>,
+    ) -> anyhow::Result<()> {
         let mut left = Vec::new();
         for entry in std::fs::read_dir(&self.spool_dir)? {
             let dir = entry?.path();
@@ -96,7 +99,7 @@ impl Agent {
         }
         for (meta, s) in left {
             let me = self.clone();
-            tokio::spawn(async move {
+            jobs.spawn(async move {
                 let fin = s.read_final().unwrap_or_else(|| {
                     let note = "\nrunner: the agent restarted while this job ran; the job was interrupted\n";
                     let _ = s.append(note.as_bytes());
@@ -147,12 +150,12 @@ impl Agent {
 
     /// Polls and runs jobs until a shutdown signal; returns when every job has been reported.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
-        self.reconcile().await?;
+        let mut jobs = tokio::task::JoinSet::new();
+        self.reconcile(&mut jobs).await?;
         let stopping = CancellationToken::new();
         let hard_cancel = CancellationToken::new();
         spawn_signal_handler(stopping.clone(), hard_cancel.clone())?;
         let slots = Arc::new(Semaphore::new(self.cfg.concurrent.max(1) as usize));
-        let mut jobs = tokio::task::JoinSet::new();
         let mut failures = 0u32;
         println!(
             "runner {} (id {}) polling {} for jobs, up to {} at once",

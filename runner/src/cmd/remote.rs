@@ -98,7 +98,11 @@ impl Remote {
 
 /// Sends `req`; a non-2xx answer becomes an error carrying the coordinator's reason.
 pub async fn send(req: RequestBuilder) -> anyhow::Result<Response> {
-    let resp = req.send().await.context("cannot reach the coordinator")?;
+    send_checked(req.send().await.context("cannot reach the coordinator")?).await
+}
+
+/// A non-2xx answer becomes an error carrying the coordinator's reason.
+pub async fn send_checked(resp: Response) -> anyhow::Result<Response> {
     if resp.status().is_success() {
         return Ok(resp);
     }

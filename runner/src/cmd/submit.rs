@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::remote::{key_value, send, Remote, RemoteArgs};
+use super::remote::{key_value, send_checked, Remote, RemoteArgs};
 use super::Context;
 use crate::protocol::{SubmitMeta, SubmitResponse};
 
@@ -15,7 +15,7 @@ pub struct Args {
     /// `runner exec --dry-run --json`)
     #[arg(default_value = ".runner.yml", value_name = "FILE")]
     pub file: PathBuf,
-    /// Source tree to upload as the jobs' workspace [default: the current directory]
+    /// Source tree to upload as the jobs' workspace [default: the directory holding FILE]
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Event the run is for: push, pull_request, manual
@@ -59,7 +59,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     }
     let workspace = match args.workspace {
         Some(w) => w,
-        None => std::env::current_dir()?,
+        None => match args.file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::env::current_dir()?,
+        },
     };
     let tgz = tokio::task::spawn_blocking(move || pack(&workspace)).await??;
     let form = reqwest::multipart::Form::new()
@@ -72,10 +75,19 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             "source",
             reqwest::multipart::Part::bytes(tgz).mime_str("application/gzip")?,
         );
-    let resp: SubmitResponse = send(r.post("/api/v1/runs").multipart(form))
-        .await?
-        .json()
-        .await?;
+    let resp = r
+        .post("/api/v1/runs")
+        .multipart(form)
+        .send()
+        .await
+        .context("cannot reach the coordinator")?;
+    if resp.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+        // The pipeline (or its secrets) is invalid: show every diagnostic, exit 2.
+        let body: crate::protocol::ErrorBody = resp.json().await?;
+        eprintln!("{}", body.error);
+        return Ok(2);
+    }
+    let resp: SubmitResponse = send_checked(resp).await?.json().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(0);

@@ -329,12 +329,9 @@ async fn append_log(
         .ok_or_else(|| {
             ApiError::bad_request("missing or invalid `Content-Range: <start>-<end>` (inclusive)")
         })?;
-    match c.logs.append(job.id, job.attempt, range, &body).await {
-        Ok(size) => {
-            let before = size.saturating_sub(body.len() as u64);
-            if size > before {
-                c.metrics.log_bytes.inc_by(size - before.max(range.start));
-            }
+    match c.logs.append(job.id, job.attempt, range, body).await {
+        Ok((before, size)) => {
+            c.metrics.log_bytes.inc_by(size - before);
             Ok((
                 StatusCode::ACCEPTED,
                 range_header(size),
@@ -458,6 +455,7 @@ async fn finish(
         c.fail_or_retry(&job, &f).await?;
     } else {
         c.store.finish(job.id, job.attempt, &f).await?;
+        c.logs.close(job.id, job.attempt);
         c.logs.wake(job.id);
     }
     c.progress(job.run_id).await?;

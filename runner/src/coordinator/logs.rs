@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::io::Write as _;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Notify;
 
 use crate::protocol::{plan_patch, ContentRange, PatchPlan};
@@ -25,8 +27,15 @@ pub enum LogError {
 
 #[derive(Debug, Default)]
 struct JobLog {
-    /// Serialises appends to one job's file.
-    lock: tokio::sync::Mutex<()>,
+    /// Serialises appends to one job's file; holds the open file and its length once used,
+    /// so an append is one write, not an open, a stat and a write.
+    lock: tokio::sync::Mutex<Option<OpenLog>>,
+}
+
+#[derive(Debug)]
+struct OpenLog {
+    file: Arc<std::fs::File>,
+    size: u64,
 }
 
 #[derive(Debug)]
@@ -74,14 +83,14 @@ impl LogStore {
         }
     }
 
-    /// Applies a patch (idempotently) and returns the new size.
+    /// Applies a patch (idempotently); returns the sizes before and after.
     pub async fn append(
         &self,
         job: i64,
         attempt: u32,
         range: ContentRange,
-        body: &[u8],
-    ) -> Result<u64, LogError> {
+        body: bytes::Bytes,
+    ) -> Result<(u64, u64), LogError> {
         if range.len() != body.len() as u64 {
             return Err(LogError::Length {
                 expected: range.len(),
@@ -89,8 +98,28 @@ impl LogStore {
             });
         }
         let log = self.job_log(job, attempt);
-        let _guard = log.lock.lock().await;
-        let size = self.size(job, attempt).await?;
+        let mut guard = log.lock.lock().await;
+        if guard.is_none() {
+            let path = self.path(job, attempt);
+            let opened = tokio::task::spawn_blocking(move || {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                let size = file.metadata()?.len();
+                Ok::<_, std::io::Error>(OpenLog {
+                    file: Arc::new(file),
+                    size,
+                })
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            *guard = Some(opened);
+        }
+        let Some(open) = guard.as_mut() else {
+            unreachable!("opened above")
+        };
+        let size = open.size;
         let skip = match plan_patch(size, range) {
             PatchPlan::Gap => {
                 return Err(LogError::Gap {
@@ -98,20 +127,31 @@ impl LogStore {
                     size,
                 })
             }
-            PatchPlan::Duplicate => return Ok(size),
+            PatchPlan::Duplicate => return Ok((size, size)),
             PatchPlan::Append { skip } => skip as usize,
         };
-        let mut f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(job, attempt))
-            .await?;
-        f.write_all(&body[skip..]).await?;
-        f.flush().await?;
-        let new = size + (body.len() - skip) as u64;
-        drop(_guard);
+        let file = open.file.clone();
+        let data = body.slice(skip..);
+        let n = data.len() as u64;
+        let written = tokio::task::spawn_blocking(move || (&*file).write_all(&data))
+            .await
+            .map_err(std::io::Error::other)?;
+        if let Err(e) = written {
+            // A partial write leaves the length unknown: read it again next time.
+            *guard = None;
+            return Err(e.into());
+        }
+        open.size += n;
+        let new = open.size;
+        drop(guard);
         self.wake(job);
-        Ok(new)
+        Ok((size, new))
+    }
+
+    /// Forgets the open file of a job attempt that ended.
+    pub fn close(&self, job: i64, attempt: u32) {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.remove(&(job, attempt));
     }
 
     /// Up to `max` bytes from `offset`.
@@ -159,7 +199,8 @@ impl LogStore {
     /// Drops the log (the runner resends it from 0 after a checksum mismatch).
     pub async fn reset(&self, job: i64, attempt: u32) -> std::io::Result<()> {
         let log = self.job_log(job, attempt);
-        let _guard = log.lock.lock().await;
+        let mut guard = log.lock.lock().await;
+        *guard = None;
         match tokio::fs::remove_file(self.path(job, attempt)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -180,25 +221,50 @@ mod tests {
     async fn append_is_idempotent_and_refuses_gaps() {
         let dir = tempfile::tempdir().unwrap();
         let s = LogStore::new(dir.path().join("logs")).unwrap();
-        assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap(), 6);
+        assert_eq!(
+            s.append(1, 1, r(0, b"hello "), bytes::Bytes::from_static(b"hello "))
+                .await
+                .unwrap()
+                .1,
+            6
+        );
         // The same patch again (lost answer, resend): accepted once.
-        assert_eq!(s.append(1, 1, r(0, b"hello "), b"hello ").await.unwrap(), 6);
+        assert_eq!(
+            s.append(1, 1, r(0, b"hello "), bytes::Bytes::from_static(b"hello "))
+                .await
+                .unwrap()
+                .1,
+            6
+        );
         // An overlapping resend: only the new tail lands.
         assert_eq!(
-            s.append(1, 1, r(3, b"lo world"), b"lo world")
-                .await
-                .unwrap(),
-            11
+            s.append(
+                1,
+                1,
+                r(3, b"lo world"),
+                bytes::Bytes::from_static(b"lo world")
+            )
+            .await
+            .unwrap(),
+            (6, 11)
         );
         // A gap: refused with the current size.
-        match s.append(1, 1, r(20, b"x"), b"x").await {
+        match s
+            .append(1, 1, r(20, b"x"), bytes::Bytes::from_static(b"x"))
+            .await
+        {
             Err(LogError::Gap { size: 11, .. }) => {}
             other => panic!("expected a gap, got {other:?}"),
         }
         // A range that does not match the body.
         assert!(matches!(
-            s.append(1, 1, ContentRange { start: 11, end: 20 }, b"x")
-                .await,
+            s.append(
+                1,
+                1,
+                ContentRange { start: 11, end: 20 },
+                bytes::Bytes::from_static(b"x")
+            )
+            .await,
             Err(LogError::Length { .. })
         ));
         assert_eq!(s.read(1, 1, 0, 100).await.unwrap(), b"hello world");

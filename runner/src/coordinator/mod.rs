@@ -132,15 +132,22 @@ impl Coordinator {
     /// Applies the DAG rules to a run after any of its jobs changed.
     pub async fn progress(&self, run: i64) -> Result<(), store::StoreError> {
         let _one = self.advance.lock().await;
+        // The common case, a job ending while others still run and none waits: nothing to do,
+        // and no need to load the whole run.
+        let (waiting, active) = self.store.unsettled(run).await?;
+        if waiting == 0 && active > 0 {
+            return Ok(());
+        }
         let jobs = self.store.run_jobs(run).await?;
         let (changes, outcome) = dispatch::advance(&jobs);
+        let batch: Vec<_> = changes
+            .iter()
+            .map(|c| (c.job, c.from, c.to, c.reason.clone()))
+            .collect();
+        let applied = self.store.transitions(&batch).await?;
         let mut queued = false;
-        for c in changes {
-            if self
-                .store
-                .transition(c.job, c.from, c.to, c.reason.as_deref())
-                .await?
-            {
+        for (c, ok) in changes.iter().zip(applied) {
+            if ok {
                 queued |= c.to == JobState::Pending;
                 self.logs.wake(c.job);
             }
@@ -179,6 +186,7 @@ impl Coordinator {
             self.store.finish(job.id, job.attempt, finish).await?;
         }
         lock(&self.job_seen).remove(&job.id);
+        self.logs.close(job.id, job.attempt);
         self.logs.wake(job.id);
         Ok(())
     }

@@ -451,6 +451,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn transitions(
+        &self,
+        changes: &[(i64, JobState, JobState, Option<String>)],
+    ) -> Result<Vec<bool>> {
+        let changes = changes.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::with_capacity(changes.len());
+            {
+                let mut st = tx.prepare(
+                    "UPDATE jobs SET state = ?3, failure_reason = COALESCE(?4, failure_reason)
+                     WHERE id = ?1 AND state = ?2",
+                )?;
+                for (job, from, to, reason) in &changes {
+                    out.push(st.execute(params![job, from.as_str(), to.as_str(), reason])? == 1);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn unsettled(&self, run_id: i64) -> Result<(u64, u64)> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(state = 'created'), 0),
+                        COALESCE(SUM(state IN ('created', 'pending', 'running')), 0)
+                 FROM jobs WHERE run_id = ?1",
+                [run_id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+        .await
+    }
+
     async fn finish(&self, job: i64, attempt: u32, f: &Finish) -> Result<bool> {
         let f = f.clone();
         self.with(move |c| {
@@ -635,6 +671,37 @@ mod tests {
         assert_eq!((j.state, j.runner_id), (JobState::Running, Some(1)));
         assert!(s.pending().await.unwrap().is_empty());
         assert_eq!(s.running().await.unwrap(), vec![(id, 1, 1)]);
+        assert_eq!(s.unsettled(run).await.unwrap(), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn batched_transitions_are_compare_and_set() {
+        let s = SqliteStore::in_memory().unwrap();
+        let mut a = new_job("a");
+        a.state = JobState::Created;
+        let run = s.create_run(&new_run(), &[a.clone(), a]).await.unwrap();
+        assert_eq!(s.unsettled(run).await.unwrap(), (2, 2));
+        let ids: Vec<i64> = s
+            .run_jobs(run)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        let done = s
+            .transitions(&[
+                (ids[0], JobState::Created, JobState::Pending, None),
+                (
+                    ids[1],
+                    JobState::Pending,
+                    JobState::Skipped,
+                    Some("x".into()),
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(done, vec![true, false]);
+        assert_eq!(s.unsettled(run).await.unwrap(), (1, 2));
     }
 
     #[tokio::test]

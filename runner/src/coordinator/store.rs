@@ -151,6 +151,13 @@ pub trait Store: Send + Sync {
         to: JobState,
         reason: Option<&str>,
     ) -> Result<bool>;
+    /// Several transitions in one transaction; one result per change.
+    async fn transitions(
+        &self,
+        changes: &[(i64, JobState, JobState, Option<String>)],
+    ) -> Result<Vec<bool>>;
+    /// Jobs of a run still waiting for their needs, and jobs not yet finished.
+    async fn unsettled(&self, run_id: i64) -> Result<(u64, u64)>;
     /// Running (attempt `attempt`) -> a final state; false if it was not running that attempt.
     async fn finish(&self, job: i64, attempt: u32, finish: &Finish) -> Result<bool>;
     /// Running (attempt `attempt`) -> Pending with attempt + 1.
