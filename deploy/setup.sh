@@ -7,6 +7,15 @@ packages=(
   ca-certificates
   iproute2
   busybox-static
+  # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
+  iptables
+  perl-base
+  qemu-system-x86
+  e2fsprogs
+  util-linux
+  musl-tools
+  python3-yaml
+  python3-jsonschema
   docker-registry   # image store tests: a local OCI registry
   apache2-utils     # htpasswd, for the auth-registry test
   skopeo            # image import test writes an OCI layout
@@ -27,3 +36,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (https://rustup.rs) and run again" >&2
   exit 1
 fi
+
+# Guest kernel and agent of the VM executor (isolation: vm); the microVM tests (vmm/) use the
+# same kernel.
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+"$(dirname "$0")/setup-vm-kernel.sh"

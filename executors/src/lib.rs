@@ -4,8 +4,10 @@
 //! executor knows nothing of YAML, coordinators or terminals. Output comes back while the step
 //! runs, as ordered [`LogChunk`]s on a channel, and the outcome as a [`StepResult`].
 
+pub mod container;
 pub mod executor;
 pub mod image;
+pub mod vm;
 
 pub use executor::{
     Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LogChunk, Network, PreparedJob,

@@ -2,10 +2,13 @@
 //! operation failed, 2 bad input (invalid pipeline, bad arguments).
 
 pub mod doctor;
+mod dry_run;
 pub mod exec;
+pub mod exec_run;
 pub mod image;
 pub mod logs;
 pub mod register;
+pub mod remote;
 pub mod run;
 pub mod runners;
 pub mod runs;

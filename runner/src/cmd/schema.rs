@@ -1,4 +1,5 @@
-//! `runner schema`. Not built yet: see the open issue that covers it.
+//! `runner schema`: print the JSON Schema of the pipeline format, for editors (e.g. the YAML
+//! language server: `# yaml-language-server: $schema=pipeline.schema.json`).
 
 use super::Context;
 
@@ -6,5 +7,9 @@ use super::Context;
 pub struct Args {}
 
 pub async fn run(_ctx: &Context, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`runner schema` is not implemented yet")
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&pipelines::schema::schema())?
+    );
+    Ok(0)
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# One-step `true` through our container runtime against bwrap, unshare+chroot, runc, crun, podman
+# and docker, on the same busybox rootfs, side by side with hyperfine. Prints medians and ratios.
+#
+# Until `runner exec` runs pipelines end to end, "ours" is `container-step` (executors/src/bin):
+# one process that builds a ContainerExecutor, runs one step (`sh -e -c true` in a fresh
+# sandbox: namespaces, overlay root with a fresh upper dir, /proc, /dev, /sys, /tmp, workspace
+# bind, cgroup, caps, seccomp) and removes it. Switch OURS to `runner exec` once it works.
+#
+# Usage (as root): deploy/bench/container.sh        RUNS=40 WARMUP=5 by default
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RUNS=${RUNS:-40}
+WARMUP=${WARMUP:-5}
+WORK=$(mktemp -d /tmp/runner-bench.XXXXXX)
+# The recommended state dir lives on tmpfs (like runc's /run/runc); /dev/shm is tmpfs everywhere.
+STATE_TMPFS=$(mktemp -d /dev/shm/runner-bench-state.XXXXXX)
+DOCKERD_PID=""
+
+cleanup() {
+  set +e
+  command -v podman >/dev/null && podman rmi -f localhost/runner-bench-busybox >/dev/null 2>&1
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    docker rmi -f runner-bench-busybox >/dev/null 2>&1
+  fi
+  if [ -n "$DOCKERD_PID" ]; then
+    kill "$DOCKERD_PID" 2>/dev/null
+    wait "$DOCKERD_PID" 2>/dev/null
+  fi
+  rm -rf "$WORK" "$STATE_TMPFS"
+}
+trap cleanup EXIT
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bench: run as root (every runtime here needs it)" >&2
+  exit 1
+fi
+
+echo "bench: installing peers from Debian's packages" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+  runc crun podman docker.io bubblewrap hyperfine busybox-static util-linux python3 >/dev/null
+
+echo "bench: building container-step (release)" >&2
+(cd "$ROOT" && cargo build --release -q -p executors --bin container-step)
+STEP="$ROOT/target/release/container-step"
+
+# The busybox rootfs every runtime uses: static busybox plus its applet links.
+BUNDLE="$WORK/bundle"
+ROOTFS="$BUNDLE/rootfs"
+mkdir -p "$ROOTFS"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,proc,sys,dev,root} "$WORK/ws" "$WORK/state"
+cp /bin/busybox "$ROOTFS/bin/busybox"
+for applet in $(/bin/busybox --list-full); do
+  [ -e "$ROOTFS/$applet" ] || ln -s /bin/busybox "$ROOTFS/$applet"
+done
+echo "root:x:0:0:root:/root:/bin/sh" >"$ROOTFS/etc/passwd"
+
+# OCI bundle for runc and crun: the default spec, running /bin/true without a terminal.
+(cd "$BUNDLE" && runc spec && sed -i -e 's/"terminal": true/"terminal": false/' \
+  -e 's/^\(\s*\)"sh"$/\1"\/bin\/true"/' config.json)
+grep -q '"/bin/true"' "$BUNDLE/config.json" || { echo "bench: could not edit config.json" >&2; exit 1; }
+
+# podman and docker get the same tree as an imported image.
+tar -C "$ROOTFS" -c . | podman import -q - localhost/runner-bench-busybox >/dev/null
+if ! docker info >/dev/null 2>&1; then
+  dockerd --bridge=none --iptables=false --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+tar -C "$ROOTFS" -c . | docker import - runner-bench-busybox >/dev/null
+
+OURS="$STEP --state $STATE_TMPFS --workspace $WORK/ws --rootfs $ROOTFS -- true"
+OURS_DISK="$STEP --state $WORK/state --workspace $WORK/ws --rootfs $ROOTFS -- true"
+# A runner is a long-lived process: 20 steps in one process, reported per step.
+REPEAT=20
+OURS_LOOP="$STEP --state $STATE_TMPFS --workspace $WORK/ws --rootfs $ROOTFS --repeat $REPEAT -- true"
+BWRAP="bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev --tmpfs /tmp /bin/true"
+UNSHARE="unshare --mount --pid --fork --net --uts --ipc chroot $ROOTFS /bin/true"
+RUNC="runc run --bundle $BUNDLE runner-bench-runc"
+CRUN="crun run --bundle $BUNDLE runner-bench-crun"
+# No CAP_SYS_RESOURCE on some hosts: keep podman's rlimits at or below ours. Debian's podman
+# defaults to crun, which refuses hybrid cgroup hosts; runc works everywhere.
+PODMAN="podman run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 --runtime runc localhost/runner-bench-busybox /bin/true"
+DOCKER="docker run --rm --network none runner-bench-busybox /bin/true"
+
+hf() {
+  hyperfine -N --warmup "$WARMUP" --runs "$RUNS" --style basic "$@"
+}
+
+echo "bench: run 1 (all but crun)" >&2
+hf --export-json "$WORK/run1.json" \
+  -n ours -n ours-state-on-disk -n ours-in-process-x$REPEAT -n bwrap -n unshare-chroot -n runc \
+  -n podman -n docker \
+  "$OURS" "$OURS_DISK" "$OURS_LOOP" "$BWRAP" "$UNSHARE" "$RUNC" "$PODMAN" "$DOCKER" >&2
+
+# crun 1.8 refuses hosts whose cgroup v2 tree has any controller while v1 is mounted (hybrid).
+# There it runs in a private mount namespace without the v2 tree, with bwrap as the yardstick.
+CRUN_NOTE=""
+if [ -d /sys/fs/cgroup/unified ] && grep -q . /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null; then
+  CRUN_NOTE="crun: run 2, in a mount namespace without the hybrid v2 tree; ratio via bwrap"
+  echo "bench: run 2 (crun, hybrid-cgroup workaround)" >&2
+  unshare -m --propagation private sh -c "umount -l /sys/fs/cgroup/unified && \
+    hyperfine -N --warmup $WARMUP --runs $RUNS --style basic --export-json $WORK/run2.json \
+      -n bwrap -n crun '$BWRAP' '$CRUN'" >&2
+else
+  hf --export-json "$WORK/run2.json" -n bwrap -n crun "$BWRAP" "$CRUN" >&2
+fi
+
+python3 - "$WORK/run1.json" "$WORK/run2.json" "$CRUN_NOTE" "$REPEAT" <<'PY'
+import json, statistics, sys
+run1 = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
+run2 = {r["command"]: r for r in json.load(open(sys.argv[2]))["results"]}
+med = lambda r: statistics.median(r["times"]) * 1000
+cpu = lambda r: (r["user"] + r["system"]) * 1000  # hyperfine exports CPU times as means
+repeat = int(sys.argv[4])
+rows = {name: med(r) for name, r in run1.items()}
+cpus = {name: cpu(r) for name, r in run1.items()}
+loop = f"ours-in-process-x{repeat}"
+rows[f"ours-in-process (per step)"] = rows.pop(loop) / repeat
+cpus[f"ours-in-process (per step)"] = cpus.pop(loop) / repeat
+# crun through bwrap: crun_run2 / bwrap_run2 * bwrap_run1
+rows["crun"] = med(run2["crun"]) / med(run2["bwrap"]) * rows["bwrap"]
+ours = rows["ours"]
+print(f"| runtime | median wall ms | vs ours | mean CPU ms (user+sys) |")
+print(f"|---|---:|---:|---:|")
+for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
+    c = f"{cpus[name]:.1f}" if name in cpus else "-"
+    print(f"| {name} | {ms:.1f} | {ms / ours:.2f}x | {c} |")
+print()
+print(f"ours / bwrap = {ours / rows['bwrap']:.2f} (goal <= 1.5); runc / ours = {rows['runc'] / ours:.2f} (goal >= 3)")
+if sys.argv[3]:
+    print(sys.argv[3], f"(crun {med(run2['crun']):.1f} ms, bwrap {med(run2['bwrap']):.1f} ms in run 2)")
+PY

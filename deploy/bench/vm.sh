@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# VM executor benchmark: a one-step `true` job with isolation vm against a bare QEMU boot of
+# the same kernel and initramfs that powers off as soon as init runs, side by side (hyperfine,
+# medians), then the per-phase breakdown and the warm-pool start latency.
+# Usage: deploy/bench/vm.sh [RUNS]   (needs deploy/setup.sh done; root)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs="${1:-10}"
+
+cargo build -q --release -p guest-agent --target x86_64-unknown-linux-musl
+cargo build -q --release -p executors --example vm_bench
+export RUNNER_VM_AGENT="$PWD/target/x86_64-unknown-linux-musl/release/guest-agent"
+bench=target/release/examples/vm_bench
+dir=$(mktemp -d /tmp/vm-bench.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+
+# Build the initramfs and root disk once, outside the timings (both are cached per digest).
+"$bench" "$dir" once
+"$bench" "$dir" bare-args > "$dir/bare.args"
+qemu=$(command -v qemu-system-x86_64)
+
+echo "== one-step \`true\` job (isolation vm) vs bare QEMU boot+poweroff, $runs runs each"
+hyperfine -N --warmup 1 --runs "$runs" --export-markdown "$dir/hf.md" \
+  -n "vm step (true)" "$bench $dir once" \
+  -n "bare qemu boot" "xargs -d '\n' -a $dir/bare.args $qemu"
+cat "$dir/hf.md"
+
+echo "== breakdown"
+"$bench" "$dir" breakdown "$runs"
+echo "== warm pool"
+"$bench" "$dir" warm "$runs"
+echo "(load average during the run: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -1,0 +1,44 @@
+//! Streams a step's stdout and stderr to the caller while it runs, as [`LogChunk`]s.
+
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use crate::executor::{LogChunk, Stream};
+
+/// Read both pipes until both reach EOF (every process of the sandbox is gone), sending each
+/// read as a chunk as soon as it arrives. A closed receiver does not stop the draining: the
+/// step must never block on a full pipe.
+pub async fn pump(stdout: OwnedFd, stderr: OwnedFd, tx: mpsc::Sender<LogChunk>) {
+    let (Ok(mut out), Ok(mut err)) = (
+        pipe::Receiver::from_owned_fd(stdout),
+        pipe::Receiver::from_owned_fd(stderr),
+    ) else {
+        tracing::error!("cannot register the step's output pipes with the runtime");
+        return;
+    };
+    let mut buf_out = vec![0u8; 64 * 1024];
+    let mut buf_err = vec![0u8; 64 * 1024];
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let (stream, n) = tokio::select! {
+            r = out.read(&mut buf_out), if out_open => (Stream::Stdout, r),
+            r = err.read(&mut buf_err), if err_open => (Stream::Stderr, r),
+        };
+        match n {
+            Ok(0) | Err(_) => match stream {
+                Stream::Stdout => out_open = false,
+                _ => err_open = false,
+            },
+            Ok(n) => {
+                let data = match stream {
+                    Stream::Stdout => &buf_out[..n],
+                    _ => &buf_err[..n],
+                };
+                let _ = tx.send(LogChunk::new(stream, data)).await;
+            }
+        }
+    }
+}

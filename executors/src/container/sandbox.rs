@@ -1,0 +1,473 @@
+//! One step in one sandbox: set up, clone, wait (or kill), tear down.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::cgroup::Cgroup;
+use super::child::{child_main, ChildPlan, OLD_ROOT};
+use super::mounts::{cstr, overlay_data, tree, TreeSpec};
+use super::network::veth_name;
+use super::policy::DEFAULT_PATH;
+use super::state::{start_time, SandboxRecord};
+use super::{ContainerError, ContainerExecutor};
+use crate::executor::{ImageSpec, JobSpec, LogChunk, Network, Shell, StepResult, StepSpec};
+
+const CHILD_STACK: usize = 256 * 1024;
+
+/// The root filesystem and environment of a step.
+pub struct Rootfs {
+    pub layers: Vec<PathBuf>,
+    pub env: Vec<String>,
+    pub host: bool,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ContainerError::Spawn(format!("pipe: {e}")))
+}
+
+/// A running sandbox: removed from the host when dropped, whatever happened.
+struct Guard<'a> {
+    exec: &'a ContainerExecutor,
+    record: SandboxRecord,
+    cgroup: Option<Box<dyn Cgroup>>,
+    pid: Option<Pid>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            // Still ours and not yet reaped: kill the namespace's init (the kernel kills the
+            // rest) and reap it.
+            if let Some(cg) = &self.cgroup {
+                let _ = cg.kill();
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Err(e) = self.exec.state.destroy(&self.record) {
+            tracing::error!(sandbox = %self.record.name, "cleanup failed: {e}");
+        }
+    }
+}
+
+impl ContainerExecutor {
+    pub(crate) async fn run_sandbox(
+        &self,
+        job: &JobSpec,
+        step: &StepSpec,
+        rootfs: Rootfs,
+        output: mpsc::Sender<LogChunk>,
+        cancel: CancellationToken,
+    ) -> Result<StepResult, ContainerError> {
+        let started = Instant::now();
+        let name = self.new_name(&job.id);
+        let dir = self.state.sandbox_dir(&name);
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).map_err(ContainerError::io(d))?;
+        }
+        let mut guard = Guard {
+            exec: self,
+            record: SandboxRecord {
+                name: name.clone(),
+                job_id: job.id.clone(),
+                ..Default::default()
+            },
+            cgroup: None,
+            pid: None,
+        };
+        if let Some(map) = &self.config.userns {
+            for d in [&upper, &work] {
+                std::os::unix::fs::chown(d, Some(map.host_id), Some(map.host_id))
+                    .map_err(ContainerError::io(d))?;
+            }
+        }
+        phase(&started, "dirs");
+        let cgroup = self.cgroups.create(&name, &step.resources)?;
+        guard.record.cgroups = cgroup.dirs();
+        guard.cgroup = Some(cgroup);
+        let mut lease = None;
+        if step.network == Network::Bridge {
+            self.config.bridge.ensure()?;
+            let (ip, path) = self.config.bridge.lease(&self.config.leases_dir(), &name)?;
+            guard.record.lease = Some(path);
+            lease = Some(ip);
+        }
+        // The record is written once, after clone: a crash before that leaves only the directory,
+        // whose name is enough for `reconcile` to find the cgroups.
+        phase(&started, "cgroup");
+        let (sync_r, sync_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (errout_r, errout_w) = pipe()?;
+        let devnull =
+            std::fs::File::open("/dev/null").map_err(ContainerError::io("/dev/null".as_ref()))?;
+        let plan = self.plan(
+            job,
+            step,
+            &rootfs,
+            [&sync_r, &err_w, &out_w, &errout_w].map(|f| f.as_raw_fd()),
+            devnull.as_raw_fd(),
+            (&upper, &work, &merged),
+        )?;
+        let mut flags = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC;
+        if step.network != Network::Host {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        if self.config.userns.is_some() {
+            flags |= CloneFlags::CLONE_NEWUSER;
+        }
+        phase(&started, "plan");
+        let clone_target = guard
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.clone_target().map(Path::to_path_buf));
+        let spawned = spawn(&plan, flags, clone_target.as_deref())?;
+        let pid = spawned.pid;
+        guard.pid = Some(pid);
+        drop((sync_r, err_w, out_w, errout_w, devnull));
+        guard.record.pid = Some(pid.as_raw());
+        guard.record.pid_start = start_time(pid.as_raw());
+        let veth = veth_name(&name);
+        if lease.is_some() {
+            guard.record.veth = Some(veth.clone());
+        }
+        self.state.save(&guard.record)?;
+        phase(&started, "clone+save");
+        // Everything the child waits for before it may run the step.
+        if let Some(cg) = &guard.cgroup {
+            cg.add(pid.as_raw(), spawned.placed.as_deref())?;
+        }
+        if let Some(map) = &self.config.userns {
+            map.write(pid.as_raw())?;
+        }
+        if let Some(ip) = &lease {
+            self.config.bridge.attach(&veth, pid.as_raw(), ip)?;
+        }
+        phase(&started, "cgadd");
+        // A child that already failed its setup has closed the pipe; its reason arrives on
+        // the error pipe below.
+        let _ = nix::unistd::write(&sync_w, &[1]);
+        drop(sync_w);
+
+        let pump = tokio::spawn(super::logs::pump(out_r, errout_r, output));
+        let exited = watch_exit(spawned.pidfd)?;
+        let (mut timed_out, mut cancelled) = (false, false);
+        tokio::select! {
+            r = exited.readable() => { drop(r); }
+            _ = tokio::time::sleep(step.timeout) => timed_out = true,
+            _ = cancel.cancelled() => cancelled = true,
+        }
+        if timed_out || cancelled {
+            if let Some(cg) = &guard.cgroup {
+                let _ = cg.kill();
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        phase(&started, "exited");
+        let status = reap(pid, &exited).await?;
+        guard.pid = None;
+        phase(&started, "waitpid");
+        let _ = pump.await;
+        phase(&started, "pump");
+        let setup_error = read_all(err_r);
+        let oom_killed = guard.cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        drop(guard);
+        phase(&started, "destroy");
+        if !setup_error.is_empty() {
+            return Err(ContainerError::Setup(setup_error));
+        }
+        let (exit_code, signal) = match status {
+            WaitStatus::Exited(_, code) => (Some(code), None),
+            WaitStatus::Signaled(_, sig, _) => (None, Some(sig as i32)),
+            _ => (None, None),
+        };
+        Ok(StepResult {
+            exit_code,
+            signal,
+            oom_killed,
+            timed_out,
+            cancelled,
+            duration: started.elapsed(),
+        })
+    }
+
+    fn plan(
+        &self,
+        job: &JobSpec,
+        step: &StepSpec,
+        rootfs: &Rootfs,
+        [sync_fd, err_fd, stdout_fd, stderr_fd]: [RawFd; 4],
+        stdin_fd: RawFd,
+        (upper, work, merged): (&PathBuf, &PathBuf, &PathBuf),
+    ) -> Result<ChildPlan, ContainerError> {
+        let mut masked = self.config.masked_paths.clone();
+        masked.push(self.config.state_dir.clone());
+        // The bind source must be absolute and free of symlinks a step could swap.
+        let workspace =
+            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
+        let ops = tree(&TreeSpec {
+            workspace: &workspace,
+            workdir: &step.workdir,
+            host_image: rootfs.host,
+            masked: &masked,
+            dns: step.network != Network::None,
+        })?;
+        if job.hostname.is_empty() || job.hostname.len() > 64 {
+            return Err(ContainerError::InvalidSpec(format!(
+                "hostname {:?} must be 1 to 64 bytes",
+                job.hostname
+            )));
+        }
+        let exe = match step.shell {
+            Shell::Sh => "/bin/sh",
+            Shell::Bash => "/bin/bash",
+        };
+        let mut strings = vec![cstr(exe)?, cstr("-e")?, cstr("-c")?, cstr(&step.script)?];
+        let argc = strings.len();
+        for kv in environment(job, step, rootfs) {
+            strings.push(cstr(kv)?);
+        }
+        let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        Ok(ChildPlan {
+            sync_fd,
+            err_fd,
+            stdin_fd,
+            stdout_fd,
+            stderr_fd,
+            userns: self.config.userns.is_some(),
+            overlay_data: overlay_data(&rootfs.layers, upper, work, self.config.userns.is_some())?,
+            root: cstr(merged.as_os_str().as_encoded_bytes())?,
+            old_root: cstr(OLD_ROOT)?,
+            ops,
+            hostname: cstr(&job.hostname)?,
+            loopback_up: step.network != Network::Host,
+            workdir: cstr(&step.workdir)?,
+            kept_caps: super::policy::kept_capability_mask(),
+            last_cap: self.last_cap,
+            seccomp: self.seccomp.as_ref().clone(),
+            exe: cstr(exe)?,
+            argv,
+            envp,
+            _strings: strings,
+        })
+    }
+}
+
+/// The step's environment: image env, then step env, then defaults for what is still unset.
+fn environment(job: &JobSpec, step: &StepSpec, rootfs: &Rootfs) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    };
+    for kv in &rootfs.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in &step.env {
+        set(k, v);
+    }
+    for (k, v) in [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", "/root"),
+        ("HOSTNAME", job.hostname.as_str()),
+    ] {
+        if !env.iter().any(|(key, _)| key == k) {
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `struct clone_args` of clone3(2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The sandbox's first process: its pid, a pidfd that is readable once it exited, and the
+/// cgroup directory it was cloned into, if any.
+struct Spawned {
+    pid: Pid,
+    pidfd: OwnedFd,
+    placed: Option<PathBuf>,
+}
+
+/// Clone the sandbox's first process into fresh namespaces (and straight into `cgroup` when
+/// given, with clone3); falls back to clone(2) on kernels without clone3.
+fn spawn(
+    plan: &ChildPlan,
+    flags: CloneFlags,
+    cgroup: Option<&Path>,
+) -> Result<Spawned, ContainerError> {
+    let cgroup_dir = match cgroup {
+        Some(dir) => Some(std::fs::File::open(dir).map_err(ContainerError::io(dir))?),
+        None => None,
+    };
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(dir) = &cgroup_dir {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = dir.as_raw_fd() as u64;
+    }
+    // SAFETY: clone3 without CLONE_VM and without a new stack behaves like fork: the child
+    // continues here on its own copy of the stack and memory. It only calls `child_main`,
+    // which makes raw syscalls on data the plan already holds (no allocation, no locks: see
+    // child.rs) and never returns. `args` and `pidfd` are valid for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        child_main(plan);
+        // SAFETY: not reached (child_main execs or exits); _exit is always safe to call.
+        unsafe { libc::_exit(127) };
+    }
+    if ret > 0 {
+        // SAFETY: CLONE_PIDFD stored a fresh descriptor that we now own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        return Ok(Spawned {
+            pid: Pid::from_raw(ret as i32),
+            pidfd,
+            placed: cgroup.map(Path::to_path_buf),
+        });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(ContainerError::Spawn(format!("clone3: {err}")));
+    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: as for clone3 above; the child runs on `stack`, which its few small frames
+    // cannot overflow, in its own copy of memory (no CLONE_VM).
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(|| child_main(plan)),
+            &mut stack,
+            flags,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| ContainerError::Spawn(format!("clone: {e}")))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(ContainerError::Spawn(format!("pidfd_open: {err}")));
+    }
+    Ok(Spawned {
+        pid,
+        // SAFETY: `fd` is a fresh descriptor we own.
+        pidfd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        placed: None,
+    })
+}
+
+/// Watch a pidfd: it becomes readable when the process exits.
+fn watch_exit(pidfd: OwnedFd) -> Result<AsyncFd<OwnedFd>, ContainerError> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for the
+    // AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| ContainerError::Spawn(format!("watch the sandbox: {e}")))
+}
+
+/// Reap `pid` once its pidfd says it exited (after a kill, wait for that first).
+async fn reap(pid: Pid, exited: &AsyncFd<OwnedFd>) -> Result<WaitStatus, ContainerError> {
+    use nix::sys::wait::WaitPidFlag;
+    loop {
+        let mut ready = exited
+            .readable()
+            .await
+            .map_err(|e| ContainerError::Spawn(format!("wait: {e}")))?;
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => ready.clear_ready(),
+            Ok(status) => return Ok(status),
+            Err(e) => return Err(ContainerError::Spawn(format!("wait: {e}"))),
+        }
+    }
+}
+
+/// Read a pipe whose write ends are all closed.
+fn read_all(fd: OwnedFd) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    let _ = std::fs::File::from(fd).read_to_string(&mut s);
+    s
+}
+
+/// The step's rootfs for `image`.
+pub async fn resolve_rootfs(
+    exec: &ContainerExecutor,
+    image: &ImageSpec,
+    output: &mpsc::Sender<LogChunk>,
+) -> Result<Rootfs, ContainerError> {
+    match image {
+        ImageSpec::Host => Ok(Rootfs {
+            layers: vec![PathBuf::from("/")],
+            env: vec![],
+            host: true,
+        }),
+        ImageSpec::Oci(reference) => {
+            let resolved = exec
+                .config
+                .images
+                .resolve(reference, output)
+                .await
+                .map_err(|e| ContainerError::Image(e.to_string()))?;
+            Ok(Rootfs {
+                layers: resolved.layers,
+                env: resolved.env,
+                host: false,
+            })
+        }
+    }
+}
+
+/// Step start-up is a benchmark figure: log where the time goes (`RUST_LOG=executors=trace`).
+fn phase(t: &Instant, what: &str) {
+    tracing::trace!(
+        elapsed_us = t.elapsed().as_micros() as u64,
+        "sandbox phase {what} done"
+    );
+}

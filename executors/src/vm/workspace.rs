@@ -1,0 +1,91 @@
+//! Workspace transfer: the job's workspace goes into the VM as a tar stream before the step and
+//! comes back the same way after it. The guest works on its own copy, so a VM never shares a
+//! live file system with the host; the copy back replaces the host workspace only once the
+//! whole archive unpacked cleanly, so a broken transfer never loses the earlier state.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// Tar of everything under `dir` (symlinks kept as links, owners and modes preserved).
+pub fn pack(dir: &Path) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    b.append_dir_all(".", dir)?;
+    b.into_inner()
+}
+
+/// Replace the contents of `dir` with `archive`. The archive is unpacked next to `dir` first
+/// (tar-rs refuses entries that would escape the target), then swapped in.
+pub fn restore(dir: &Path, archive: &[u8]) -> io::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let staging = tempfile::Builder::new()
+        .prefix(".vm-workspace-")
+        .tempdir_in(parent)?;
+    let mut ar = tar::Archive::new(archive);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_ownerships(true);
+    ar.set_overwrite(true);
+    ar.unpack(staging.path())?;
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() && !p.is_symlink() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    for e in fs::read_dir(staging.path())? {
+        let e = e?;
+        fs::rename(e.path(), dir.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn round_trip_replaces_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        fs::create_dir_all(a.join("sub")).unwrap();
+        fs::write(a.join("sub/f"), "one").unwrap();
+        fs::write(a.join("x.sh"), "#!/bin/sh").unwrap();
+        fs::set_permissions(a.join("x.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        std::os::unix::fs::symlink("sub/f", a.join("link")).unwrap();
+        let tar = pack(&a).unwrap();
+
+        let b = d.path().join("b");
+        fs::create_dir_all(&b).unwrap();
+        fs::write(b.join("stale"), "removed by restore").unwrap();
+        restore(&b, &tar).unwrap();
+        assert_eq!(fs::read_to_string(b.join("sub/f")).unwrap(), "one");
+        assert_eq!(fs::read_link(b.join("link")).unwrap(), Path::new("sub/f"));
+        let mode = fs::metadata(b.join("x.sh")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o750);
+        assert!(!b.join("stale").exists());
+        // Nothing is left beside the workspace.
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn broken_archive_keeps_the_workspace() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        fs::create_dir_all(&ws).unwrap();
+        fs::write(ws.join("keep"), "precious").unwrap();
+        let mut tar = pack(&ws).unwrap();
+        tar.truncate(600); // Header plus a cut-off file.
+        assert!(restore(&ws, &tar).is_err());
+        assert_eq!(fs::read_to_string(ws.join("keep")).unwrap(), "precious");
+    }
+}
