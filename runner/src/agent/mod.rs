@@ -8,6 +8,7 @@
 //! `cancelled`.
 
 pub mod client;
+pub mod executors;
 pub mod job;
 pub mod render;
 pub mod spool;
@@ -250,45 +251,4 @@ fn spawn_signal_handler(
         }
     });
     Ok(())
-}
-
-/// The executors jobs run with.
-// TODO(merge): use the container/VM executors once they are on main; until then every step
-// fails with a clear message instead of running.
-pub fn executors(_ctx: &crate::cmd::Context) -> anyhow::Result<Executors> {
-    Ok(Executors {
-        container: Arc::new(Unavailable),
-        vm: None,
-    })
-}
-
-struct Unavailable;
-
-#[async_trait::async_trait]
-impl executors::Executor for Unavailable {
-    fn name(&self) -> &'static str {
-        "container"
-    }
-    async fn prepare(
-        &self,
-        _job: &executors::JobSpec,
-    ) -> Result<executors::PreparedJob, executors::ExecutorError> {
-        Err(executors::ExecutorError::Unsupported(
-            "this build has no container executor yet".into(),
-        ))
-    }
-    async fn run_step(
-        &self,
-        _job: &executors::PreparedJob,
-        _step: &executors::StepSpec,
-        _output: tokio::sync::mpsc::Sender<executors::LogChunk>,
-        _cancel: CancellationToken,
-    ) -> Result<executors::StepResult, executors::ExecutorError> {
-        Err(executors::ExecutorError::Unsupported(
-            "this build has no container executor yet".into(),
-        ))
-    }
-    async fn cleanup(&self, _job: &executors::PreparedJob) -> Result<(), executors::ExecutorError> {
-        Ok(())
-    }
 }

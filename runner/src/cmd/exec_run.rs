@@ -13,7 +13,7 @@ mod sandbox;
 mod schedule;
 mod secrets;
 mod snapshot;
-mod terminal;
+pub(crate) mod terminal;
 #[cfg(test)]
 mod tests;
 mod workspace;

@@ -278,7 +278,11 @@ fn naive_intervals(patterns: &[Vec<u8>], text: &[u8]) -> Vec<(usize, usize)> {
         }
     }
     let mut out: Vec<(usize, usize)> = Vec::new();
-    for (i, _) in covered[..text.len()].iter().enumerate().filter(|(_, c)| **c) {
+    for (i, _) in covered[..text.len()]
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c)
+    {
         match out.last_mut() {
             Some(last) if last.1 == i => last.1 = i + 1,
             _ => out.push((i, i + 1)),
