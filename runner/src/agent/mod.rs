@@ -199,7 +199,7 @@ impl Agent {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 30 == 0 {
+                    if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(error = %e, "job request failed; retrying");
                     }
                     let pause = Duration::from_millis((250u64 << failures.min(3)).min(2000));
