@@ -16,6 +16,7 @@ use support::*;
 struct Agent {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    metrics_addr: String,
 }
 
 impl Agent {
@@ -30,7 +31,16 @@ impl Agent {
             .trim()
             .to_string();
         let dir = tempfile::tempdir().unwrap();
-        let a = Agent { dir, child: None };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let a = Agent {
+            dir,
+            child: None,
+            metrics_addr: format!("127.0.0.1:{port}"),
+        };
         let out = a
             .cmd()
             .args([
@@ -80,7 +90,13 @@ impl Agent {
             .unwrap();
         let child = self
             .cmd()
-            .args(["run", "--poll-wait", "2"])
+            .args([
+                "run",
+                "--poll-wait",
+                "2",
+                "--metrics-listen",
+                &self.metrics_addr,
+            ])
             .env("RUST_LOG", "runner=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -287,9 +303,40 @@ fn serve_register_run_submit_stores_the_log_runner_exec_prints() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), log);
+    // The agent's own metrics.
+    let metrics = rt().block_on(async {
+        reqwest::get(format!("http://{}/metrics", a.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for want in [
+        "runner_agent_jobs_finished_total{status=\"success\"} 2",
+        "runner_agent_jobs_running 0",
+        "runner_agent_step_duration_seconds_count 3",
+    ] {
+        assert!(metrics.contains(want), "{want:?} not in:\n{metrics}");
+    }
     a.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(a.wait_exit(Duration::from_secs(10)).success());
     assert!(a.leftovers().is_empty(), "{:?}", a.leftovers());
+    // Unregister: the coordinator forgets the runner, the config loses its [agent] section.
+    let out = a.cmd().arg("unregister").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read_to_string(a.config())
+        .unwrap()
+        .contains("[agent]"));
+    let out = s.cli().args(["runners", "ls", "--json"]).output().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
 }
 
 const SLOW: &str = r#"
