@@ -137,7 +137,7 @@ async fn execute(
             if let JobEvent::StepFinished { result, .. } = &ev {
                 metrics.step_seconds.observe(result.duration.as_secs_f64());
             }
-            renderer.render(ev);
+            renderer.render(ev)?;
         }
         Ok::<_, std::io::Error>(())
     });

@@ -2,21 +2,29 @@
 //! without colours or timestamps), so a log read on the coordinator and a local run look the
 //! same. Lines go straight into the spool.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::spool::Spool;
 use crate::cmd::exec_run::terminal::{Message, Printer, Style};
 use crate::jobrun::JobEvent;
 
-/// `Write` into the spool (each printed line is one append, so it is sent at once).
-pub struct SpoolWriter(pub Arc<Spool>);
+/// Collects the lines printed for one event; they go to the spool in one append (one write
+/// per chunk of output rather than one per line).
+#[derive(Default, Clone)]
+pub struct Lines(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for SpoolWriter {
+impl Lines {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl std::io::Write for Lines {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Err(e) = self.0.append(buf) {
-            tracing::error!(error = %e, "cannot write the job's log to the spool");
-            return Err(e);
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -26,7 +34,9 @@ impl std::io::Write for SpoolWriter {
 }
 
 pub struct Renderer {
-    printer: Printer<SpoolWriter>,
+    printer: Printer<Lines>,
+    lines: Lines,
+    spool: Arc<Spool>,
 }
 
 impl Renderer {
@@ -39,12 +49,17 @@ impl Renderer {
             color: false,
             timestamps: false,
         };
+        let lines = Lines::default();
         Renderer {
-            printer: Printer::new(SpoolWriter(spool), style, &plan),
+            printer: Printer::new(lines.clone(), style, &plan),
+            lines,
+            spool,
         }
     }
 
-    pub fn render(&mut self, event: JobEvent) {
+    /// Prints `event` into the spool.
+    pub fn render(&mut self, event: JobEvent) -> std::io::Result<()> {
         self.printer.handle(Message::Event { job: 0, event });
+        self.spool.append(&self.lines.take())
     }
 }
