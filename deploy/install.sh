@@ -55,7 +55,8 @@ live_systemd() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v s
 # Removes a directory if it is empty, then its parents up to (not including) $2.
 prune() {
   local d="$1" stop="$2"
-  while [ "$d" != "$stop" ] && [ "$d" != "/" ] && [ -d "$d" ] && rmdir "$d" 2>/dev/null; do
+  while [ "$d" != "$stop" ] && [ "$d" != "/" ]; do
+    if [ -d "$d" ]; then rmdir "$d" 2>/dev/null || break; fi
     d="$(dirname "$d")"
   done
 }

@@ -134,6 +134,13 @@ for c in ("CAP_SYS_MODULE", "CAP_SYS_BOOT", "CAP_SYS_TIME", "CAP_BPF"):
 check(agent.get("Restart") == ["on-failure"], "runner.service: Restart=on-failure")
 
 
+def arg(cmd, flag):
+    """The value after `flag` in `cmd`, or a failure and an empty string."""
+    if check(flag in cmd[:-1], f"{flag} missing from {cmd}"):
+        return cmd[cmd.index(flag) + 1]
+    return ""
+
+
 # --- Kubernetes ------------------------------------------------------------------------------
 docs = {}
 for f in sorted(os.listdir(K8S_DIR)):
@@ -171,8 +178,8 @@ if check(dep and svc and pvc and ds, "missing coordinator Deployment/Service/PVC
     check(c["image"] == "runner", "coordinator image")
     check_command(c["command"], "coordinator container")
     check(c["command"][1] == "serve", "coordinator container does not run `runner serve`")
-    listen = c["command"][c["command"].index("--listen") + 1]
-    port = int(listen.rsplit(":", 1)[1])
+    listen = arg(c["command"], "--listen")
+    port = int(listen.rsplit(":", 1)[-1] or 0)
     cports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(cports.get("http") == port, "coordinator containerPort differs from --listen")
     check(not listen.startswith("127."), "coordinator listens on loopback only: the Service cannot reach it")
@@ -200,7 +207,7 @@ if check(dep and svc and pvc and ds, "missing coordinator Deployment/Service/PVC
     check(check_command(init["command"], "register init container") == ["register"], "init runs register")
     check(check_command(run["command"], "runner container") == ["run"], "runner container runs `runner run`")
     cmd = init["command"]
-    check(cmd[cmd.index("--url") + 1] == svc_url, f"init container --url is not the Service ({svc_url})")
+    check(arg(cmd, "--url") == svc_url, f"init container --url is not the Service ({svc_url})")
     ienv = {e["name"]: e for e in init["env"]}
     renv = {e["name"]: e for e in run["env"]}
     reg_help = help_text(["register"])
@@ -210,7 +217,7 @@ if check(dep and svc and pvc and ds, "missing coordinator Deployment/Service/PVC
           "registration token must come from Secret runner-registration/token")
     check("--token" not in cmd, "the token must not be in the init container's args")
     if "--name" in cmd:
-        ref = cmd[cmd.index("--name") + 1]
+        ref = arg(cmd, "--name")
         check(ref.startswith("$(") and ref[2:-1] in ienv, f"--name {ref} refers to an undefined variable")
     conf = ienv["RUNNER_CONFIG"]["value"]
     check(renv["RUNNER_CONFIG"]["value"] == conf, "init and runner containers use different RUNNER_CONFIG")
@@ -223,8 +230,8 @@ if check(dep and svc and pvc and ds, "missing coordinator Deployment/Service/PVC
     check(rmounts.get(renv["RUNNER_DATA_DIR"]["value"]) in rvols, "runner data dir must be a volume (overlayfs upper)")
     check(run["securityContext"].get("privileged") is True, "runner container must be privileged (own runtime)")
     check(init["securityContext"].get("privileged") is not True, "the init container needs no privilege")
-    mport = run["command"][run["command"].index("--metrics-listen") + 1].rsplit(":", 1)[1]
-    check({p["containerPort"] for p in run["ports"]} == {int(mport)}, "metrics port differs from --metrics-listen")
+    mport = arg(run["command"], "--metrics-listen").rsplit(":", 1)[-1]
+    check({str(p["containerPort"]) for p in run["ports"]} == {mport}, "metrics port differs from --metrics-listen")
 
     # The optional KVM patch: same DaemonSet and containers, a CharDevice, isolations with vm.
     (kvm,) = docs["kvm.yaml"]
@@ -234,7 +241,7 @@ if check(dep and svc and pvc and ds, "missing coordinator Deployment/Service/PVC
     check({c["name"] for c in ks["initContainers"]} == {init["name"]}, "kvm.yaml: init container name")
     kcmd = ks["initContainers"][0]["command"]
     check_command(kcmd, "kvm.yaml init container")
-    check(kcmd[kcmd.index("--isolations") + 1] == "container,vm", "kvm.yaml: --isolations container,vm")
+    check(arg(kcmd, "--isolations") == "container,vm", "kvm.yaml: --isolations container,vm")
     check(ks["volumes"][0]["hostPath"] == {"path": "/dev/kvm", "type": "CharDevice"}, "kvm.yaml: /dev/kvm CharDevice")
 
 for f in failures:
