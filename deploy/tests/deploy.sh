@@ -3,7 +3,8 @@
 # uninstall), `systemd-analyze verify` on the installed units, the units and Kubernetes
 # manifests against the real binary (check_manifests.py), and, without systemd, what the
 # units and the init container do: the installed binary as `runner serve` on a free port,
-# `runner token create`, `runner register` (config mode 0600), `runner run` stopped by SIGTERM.
+# `runner token create`, `runner register` (config mode 0600), `runner run` stopped by SIGTERM,
+# each under the user, capabilities and no_new_privs its unit gives it.
 # Needs root (the agent), python3-yaml and systemd-analyze (deploy/setup.sh installs both).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -115,8 +116,14 @@ fi
 
 # --- end to end without systemd: what the units and the init container do -----------------
 installed="$root/usr/local/bin/runner"
+# The coordinator as the unit and the pod run it: an unprivileged user (uid 65532, the pod's
+# runAsUser) with no capabilities, no_new_privs, umask 077, in a 0700 state dir it owns.
 cdata="$tmp/coordinator-data"
-RUNNER_DATA_DIR="$cdata" RUST_LOG=info "$installed" serve --listen 127.0.0.1:0 >"$tmp/serve.log" 2>&1 &
+chmod 0711 "$tmp"
+install -d -m 0700 -o 65532 -g 65532 "$cdata"
+(umask 077 && exec env RUNNER_DATA_DIR="$cdata" RUST_LOG=info \
+  setpriv --reuid=65532 --regid=65532 --clear-groups --inh-caps=-all --bounding-set=-all \
+  --no-new-privs "$installed" serve --listen 127.0.0.1:0) >"$tmp/serve.log" 2>&1 &
 serve_pid=$!
 pids+=("$serve_pid")
 for _ in $(seq 100); do [ -s "$cdata/coordinator/coordinator-url" ] && break; sleep 0.1; done
@@ -124,6 +131,7 @@ for _ in $(seq 100); do [ -s "$cdata/coordinator/coordinator-url" ] && break; sl
 url="$(cat "$cdata/coordinator/coordinator-url")"
 expect_mode "$cdata/coordinator" 700
 expect_mode "$cdata/coordinator/admin-token" 600
+[ "$(stat -c %u "$cdata/coordinator/coordinator.db")" = 65532 ] || fail "the coordinator did not run as uid 65532"
 fetch() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"; }
 [ "$(fetch "$url/health")" = "ok" ] || fail "/health"
 fetch "$url/metrics" | grep -q '^# TYPE' || fail "/metrics is not Prometheus text"
@@ -149,7 +157,12 @@ grep -q "already holds a registration" <<<"$out" || fail "unclear error: $out"
 ok "serve, token create, register (config 0600)"
 
 # As runner.service: the agent with that config; SIGTERM (KillSignal) ends it cleanly.
-RUNNER_CONFIG="$conf" RUNNER_DATA_DIR="$tmp/agent-data" "$installed" run --poll-wait 1 >"$tmp/agent.log" 2>&1 &
+# The unit's capability bounding set, as setpriv wants it: +chown,+dac_override,...
+caps="$(sed -n 's/^CapabilityBoundingSet=//p' "$root/etc/systemd/system/runner.service" |
+  tr 'A-Z' 'a-z' | sed -e 's/cap_/+/g' -e 's/ /,/g')"
+[[ "$caps" == *+sys_admin* ]] || fail "no bounding set parsed from runner.service: '$caps'"
+RUNNER_CONFIG="$conf" RUNNER_DATA_DIR="$tmp/agent-data" setpriv --bounding-set="-all,$caps" \
+  --no-new-privs "$installed" run --poll-wait 1 >"$tmp/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
 for _ in $(seq 100); do grep -q "polling" "$tmp/agent.log" && break; sleep 0.1; done
