@@ -24,7 +24,7 @@ binary=""
 setup=1
 uninstall=0
 purge=0
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) [ $# -ge 2 ] || { echo "install: --binary needs a path" >&2; exit 2; }
@@ -40,6 +40,11 @@ done
 if [ "$purge" = 1 ] && [ "$uninstall" = 0 ]; then
   echo "install: --purge only goes with --uninstall" >&2
   exit 2
+fi
+
+if [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
+  echo "install: run as root (or set DESTDIR to stage the files elsewhere)" >&2
+  exit 1
 fi
 
 bin="$DESTDIR$PREFIX/bin/runner"
