@@ -4,7 +4,8 @@
 # manifests against the real binary (check_manifests.py), and, without systemd, what the
 # units and the init container do: the installed binary as `runner serve` on a free port,
 # `runner token create`, `runner register` (config mode 0600), `runner run` stopped by SIGTERM,
-# each under the user, capabilities and no_new_privs its unit gives it.
+# each under the user, capabilities and no_new_privs its unit gives it; and the container
+# executor's tests under the agent unit's capability bounding set.
 # Needs root (the agent), python3-yaml and systemd-analyze (deploy/setup.sh installs both).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -176,6 +177,22 @@ rc=0
 wait "$serve_pid" || rc=$?
 [ "$rc" = 0 ] || fail "runner serve exited $rc on SIGTERM: $(cat "$tmp/serve.log")"
 ok "agent and coordinator stop cleanly on SIGTERM"
+
+# --- the unit's capability bounding set is enough for real sandboxes ------------------------
+# The container executor's end-to-end tests (namespaces, overlayfs, cgroups, bridge network,
+# seccomp, reconcile) under exactly the bounding set and no_new_privs of runner.service; the
+# same binary `cargo test --workspace` built (same features), so normally nothing is rebuilt.
+exe="$(cargo test -q --workspace --test container --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import sys, json
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "container" and m.get("executable"):
+        print(m["executable"])')"
+[ -x "$exe" ] || fail "cannot build the container executor tests"
+(cd executors && setpriv --bounding-set="-all,$caps" --no-new-privs "$exe" --include-ignored \
+  --test-threads 2 >"$tmp/caps.log" 2>&1) || fail "container tests under runner.service's capabilities: $(tail -40 "$tmp/caps.log")"
+grep -q "test result: ok" "$tmp/caps.log" || fail "container tests did not run: $(tail "$tmp/caps.log")"
+ok "container sandboxes work under runner.service's capability bounding set ($(grep -o '[0-9]* passed' "$tmp/caps.log"))"
 
 # --- uninstall -----------------------------------------------------------------------------
 echo "[agent]" >"$root/etc/runner/config.toml"
