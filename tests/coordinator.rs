@@ -678,3 +678,75 @@ async fn follow_streams_log_bytes_as_they_arrive_and_ends_with_the_job() {
         "first line took {latency:?} to show"
     );
 }
+
+#[tokio::test]
+async fn paused_runners_get_no_jobs_and_operators_see_runners_and_metrics() {
+    let s = Server::start(30.0);
+    let h = Http::new(&s.url);
+    let runner = h
+        .runner(&s.admin, "pausable", &["linux"], &["container"])
+        .await;
+    let out = s.cli().args(["runners", "ls", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "pausable");
+    assert_eq!(list[0]["status"], "online");
+    assert_eq!(list[0]["labels"], json!(["linux"]));
+    let id = list[0]["id"].as_i64().unwrap().to_string();
+    assert!(s
+        .cli()
+        .args(["runners", "pause", &id])
+        .status()
+        .unwrap()
+        .success());
+    h.submit_plan(
+        &s.admin,
+        plan(vec![job("a", &[], vec![step("s", "true", &[])])]),
+        json!({}),
+    )
+    .await;
+    let (st, _) = h.request_job(&runner, 0.5).await;
+    assert_eq!(st, 204, "a paused runner gets nothing");
+    assert!(s
+        .cli()
+        .args(["runners", "resume", &id])
+        .status()
+        .unwrap()
+        .success());
+    let (st, p) = h.request_job(&runner, 2.0).await;
+    assert_eq!(st, 201, "{p}");
+    let (jid, tok) = (
+        p["id"].as_i64().unwrap(),
+        p["token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(h.patch(jid, &tok, 0, b"0123456789").await.0, 202);
+    let metrics = h
+        .req(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "runner_coordinator_jobs{state=\"running\"} 1",
+        "runner_coordinator_log_bytes_received_total 10",
+        "runner_coordinator_jobs_dispatched_total 1",
+        "runner_coordinator_runners_online 1",
+    ] {
+        assert!(metrics.contains(want), "{want:?} not in:\n{metrics}");
+    }
+    // Removing the runner revokes its token.
+    assert!(s
+        .cli()
+        .args(["runners", "rm", &id])
+        .status()
+        .unwrap()
+        .success());
+    let (st, _) = h.request_job(&runner, 0.1).await;
+    assert_eq!(st, 401);
+}

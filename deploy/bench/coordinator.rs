@@ -31,19 +31,28 @@ fn pct(v: &[f64], p: f64) -> f64 {
 async fn claim(h: &Http, runner: &str) -> (i64, String) {
     let (st, p) = h.request_job(runner, 5.0).await;
     assert_eq!(st, 201, "{p}");
-    (p["id"].as_i64().unwrap(), p["token"].as_str().unwrap().to_string())
+    (
+        p["id"].as_i64().unwrap(),
+        p["token"].as_str().unwrap().to_string(),
+    )
 }
 
 async fn one_job_run(h: &Http, s: &Server) -> i64 {
-    h.submit_plan(&s.admin, plan(vec![job("a", &[], vec![step("s", "true", &[])])]), json!({}))
-        .await
+    h.submit_plan(
+        &s.admin,
+        plan(vec![job("a", &[], vec![step("s", "true", &[])])]),
+        json!({}),
+    )
+    .await
 }
 
 /// MB/s of log appended with `patch`-byte patches, `total` bytes per round.
 async fn ingest(s: &Server, h: &Http, runner: &str, patch: usize, total: usize) -> f64 {
     one_job_run(h, s).await;
     let (id, tok) = claim(h, runner).await;
-    let chunk: Vec<u8> = (0..patch).map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27]).collect();
+    let chunk: Vec<u8> = (0..patch)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27])
+        .collect();
     let t = Instant::now();
     let mut off = 0u64;
     while (off as usize) < total {
@@ -67,7 +76,11 @@ async fn follow_latency(s: &Server, h: &Http, runner: &str, lines: usize) -> Vec
     one_job_run(h, s).await;
     let (id, tok) = claim(h, runner).await;
     let resp = h
-        .req(Method::GET, &format!("/api/v1/jobs/{id}/log?follow=true"), Some(&s.admin))
+        .req(
+            Method::GET,
+            &format!("/api/v1/jobs/{id}/log?follow=true"),
+            Some(&s.admin),
+        )
         .send()
         .await
         .unwrap();
@@ -122,7 +135,10 @@ async fn dispatch_rate(s: &Server, runners: usize, jobs: usize) -> (f64, f64) {
                     continue;
                 }
                 first.lock().unwrap().get_or_insert_with(Instant::now);
-                let (id, tok) = (p["id"].as_i64().unwrap(), p["token"].as_str().unwrap().to_string());
+                let (id, tok) = (
+                    p["id"].as_i64().unwrap(),
+                    p["token"].as_str().unwrap().to_string(),
+                );
                 let (st, v) = h.finish(id, &tok, "success", b"").await;
                 assert_eq!(st, 200, "{v}");
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -131,14 +147,21 @@ async fn dispatch_rate(s: &Server, runners: usize, jobs: usize) -> (f64, f64) {
     }
     // Let every runner settle into its long poll.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let plan_jobs: Vec<Value> = (0..jobs).map(|i| job(&format!("j{i}"), &[], vec![step("s", "true", &[])])).collect();
+    let plan_jobs: Vec<Value> = (0..jobs)
+        .map(|i| job(&format!("j{i}"), &[], vec![step("s", "true", &[])]))
+        .collect();
     let t = Instant::now();
     h.submit_plan(&s.admin, plan(plan_jobs), json!({})).await;
     for task in tasks {
         task.await.unwrap();
     }
     let total = t.elapsed().as_secs_f64();
-    let to_first = first.lock().unwrap().unwrap().duration_since(t).as_secs_f64();
+    let to_first = first
+        .lock()
+        .unwrap()
+        .unwrap()
+        .duration_since(t)
+        .as_secs_f64();
     (jobs as f64 / total, to_first * 1e3)
 }
 
@@ -154,14 +177,23 @@ async fn main() {
         for _ in 0..5 {
             r.push(ingest(&s, &h, &runner, patch, 256 << 20).await);
         }
-        println!("log ingest, {label} patches, 256 MiB per round: median {:.0} MB/s (rounds: {})",
-            median(r.clone()), r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "log ingest, {label} patches, 256 MiB per round: median {:.0} MB/s (rounds: {})",
+            median(r.clone()),
+            r.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 
     let lat = follow_latency(&s, &h, &runner, 300).await;
     println!(
         "PATCH -> follow reader latency, {} lines: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        lat.len(), pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 1.0)
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
     );
 
     let mut rates = Vec::new();

@@ -659,3 +659,29 @@ fn pure_cgroup_v2_driver_runs_limits_errors_and_kills() {
         .is_none());
     assert!(left.is_empty(), "sandbox cgroups left: {left:?}");
 }
+
+#[tokio::test]
+async fn dropping_a_running_step_removes_its_sandbox() {
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new("drop").await;
+    let marker = f.tmp.path().to_string_lossy().into_owned();
+    let step = f.step(&format!("sleep 1000 & wait # {marker}"));
+    let (tx, _rx) = mpsc::channel(16);
+    {
+        let run = f.exec.run_step(&f.job, &step, tx, CancellationToken::new());
+        tokio::pin!(run);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Poll the step until its processes run, then give up on the future (as a caller
+        // does when its task is aborted or a select! branch loses).
+        while processes_mentioning(&marker).is_empty() {
+            assert!(Instant::now() < deadline, "the step never started");
+            tokio::select! {
+                r = &mut run => panic!("the step ended on its own: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+    f.assert_clean().await;
+}

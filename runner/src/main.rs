@@ -6,8 +6,8 @@ mod cmd;
 mod config;
 mod coordinator;
 mod jobrun;
-mod metrics;
 mod mask;
+mod metrics;
 mod paths;
 mod protocol;
 

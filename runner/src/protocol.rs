@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Path prefix of every endpoint.
-pub const API: &str = "/api/v1";
 /// Header carrying the server's log length on log answers (GitLab's `Range: 0-<size>`).
 pub const RANGE: &str = "range";
 /// Largest log patch the coordinator accepts, in bytes.
@@ -199,6 +197,9 @@ pub struct JobView {
     pub allow_failure: bool,
     pub steps: Vec<StepReport>,
     pub log_size: u64,
+    /// What a runner needs to take the job: these labels, these isolations.
+    pub labels: Vec<String>,
+    pub isolations: Vec<String>,
 }
 
 /// A run as users see it.
@@ -332,6 +333,7 @@ pub fn plan_patch(held: u64, range: ContentRange) -> PatchPlan {
 }
 
 /// `sha256:<hex>` of `data`.
+#[cfg(test)]
 pub fn checksum_of(data: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))

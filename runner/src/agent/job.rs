@@ -130,15 +130,14 @@ async fn execute(
 ) -> anyhow::Result<FinishRequest> {
     prepare_workspace(&agent.client, p, workspace.to_path_buf()).await?;
     let (tx, mut rx) = mpsc::channel::<JobEvent>(256);
-    let renderer = Renderer::new(&p.job);
-    let writer_spool = spool.clone();
+    let mut renderer = Renderer::new(&p.job, spool.clone());
     let metrics = agent.metrics.clone();
     let writer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             if let JobEvent::StepFinished { result, .. } = &ev {
                 metrics.step_seconds.observe(result.duration.as_secs_f64());
             }
-            writer_spool.append(&renderer.render(&ev))?;
+            renderer.render(ev)?;
         }
         Ok::<_, std::io::Error>(())
     });

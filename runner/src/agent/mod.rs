@@ -8,6 +8,7 @@
 //! `cancelled`.
 
 pub mod client;
+pub mod executors;
 pub mod job;
 pub mod render;
 pub mod spool;
@@ -198,7 +199,7 @@ impl Agent {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 30 == 0 {
+                    if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(error = %e, "job request failed; retrying");
                     }
                     let pause = Duration::from_millis((250u64 << failures.min(3)).min(2000));
@@ -250,45 +251,4 @@ fn spawn_signal_handler(
         }
     });
     Ok(())
-}
-
-/// The executors jobs run with.
-// TODO(merge): use the container/VM executors once they are on main; until then every step
-// fails with a clear message instead of running.
-pub fn executors(_ctx: &crate::cmd::Context) -> anyhow::Result<Executors> {
-    Ok(Executors {
-        container: Arc::new(Unavailable),
-        vm: None,
-    })
-}
-
-struct Unavailable;
-
-#[async_trait::async_trait]
-impl executors::Executor for Unavailable {
-    fn name(&self) -> &'static str {
-        "container"
-    }
-    async fn prepare(
-        &self,
-        _job: &executors::JobSpec,
-    ) -> Result<executors::PreparedJob, executors::ExecutorError> {
-        Err(executors::ExecutorError::Unsupported(
-            "this build has no container executor yet".into(),
-        ))
-    }
-    async fn run_step(
-        &self,
-        _job: &executors::PreparedJob,
-        _step: &executors::StepSpec,
-        _output: tokio::sync::mpsc::Sender<executors::LogChunk>,
-        _cancel: CancellationToken,
-    ) -> Result<executors::StepResult, executors::ExecutorError> {
-        Err(executors::ExecutorError::Unsupported(
-            "this build has no container executor yet".into(),
-        ))
-    }
-    async fn cleanup(&self, _job: &executors::PreparedJob) -> Result<(), executors::ExecutorError> {
-        Ok(())
-    }
 }

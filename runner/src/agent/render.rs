@@ -1,52 +1,65 @@
-//! Turns job events into log text: a header line per step, the step's output as produced
-//! (already masked by the job runner), a result line per step.
+//! The job's log text is exactly what `runner exec` prints for the job (its terminal printer,
+//! without colours or timestamps), so a log read on the coordinator and a local run look the
+//! same. Lines go straight into the spool.
 
+use std::sync::{Arc, Mutex};
+
+use super::spool::Spool;
+use crate::cmd::exec_run::terminal::{Message, Printer, Style};
 use crate::jobrun::JobEvent;
 
-#[derive(Debug)]
+/// Collects the lines printed for one event; they go to the spool in one append (one write
+/// per chunk of output rather than one per line).
+#[derive(Default, Clone)]
+pub struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Lines {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Renderer {
-    names: Vec<String>,
+    printer: Printer<Lines>,
+    lines: Lines,
+    spool: Arc<Spool>,
 }
 
 impl Renderer {
-    pub fn new(job: &pipelines::PlannedJob) -> Renderer {
+    pub fn new(job: &pipelines::PlannedJob, spool: Arc<Spool>) -> Renderer {
+        let plan = pipelines::Plan {
+            name: String::new(),
+            jobs: vec![job.clone()],
+        };
+        let style = Style {
+            color: false,
+            timestamps: false,
+        };
+        let lines = Lines::default();
         Renderer {
-            names: job.steps.iter().map(|s| s.name.clone()).collect(),
+            printer: Printer::new(lines.clone(), style, &plan),
+            lines,
+            spool,
         }
     }
 
-    pub fn render(&self, ev: &JobEvent) -> Vec<u8> {
-        match ev {
-            JobEvent::StepStarted {
-                index,
-                name,
-                sandbox,
-            } => format!(
-                "==> step {}/{}: {name} [{sandbox}]\n",
-                index + 1,
-                self.names.len()
-            )
-            .into_bytes(),
-            JobEvent::Output { chunk, .. } => chunk.data.clone(),
-            JobEvent::StepFinished { index, result } => {
-                let name = self.names.get(*index).map(String::as_str).unwrap_or("?");
-                let how = if result.cancelled {
-                    "cancelled".to_string()
-                } else if result.timed_out {
-                    "timed out".to_string()
-                } else if result.oom_killed {
-                    "killed: out of memory".to_string()
-                } else if let Some(sig) = result.signal {
-                    format!("killed by signal {sig}")
-                } else {
-                    format!("exit {}", result.exit_code.unwrap_or(-1))
-                };
-                format!(
-                    "==> step {name}: {how} ({:.2}s)\n",
-                    result.duration.as_secs_f64()
-                )
-                .into_bytes()
-            }
-        }
+    /// Prints `event` into the spool.
+    pub fn render(&mut self, event: JobEvent) -> std::io::Result<()> {
+        self.printer.handle(Message::Event { job: 0, event });
+        self.spool.append(&self.lines.take())
     }
 }

@@ -126,7 +126,7 @@ impl Uploader {
                 }
                 Err(e) if e.retryable() => {
                     failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(job = self.job, error = %e, "log upload failed; spooling and retrying");
                     }
                     tokio::time::sleep(backoff(failures)).await;

@@ -12,7 +12,7 @@ mod interrupt;
 mod schedule;
 mod secrets;
 mod snapshot;
-mod terminal;
+pub(crate) mod terminal;
 #[cfg(test)]
 mod tests;
 mod workspace;

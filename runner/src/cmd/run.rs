@@ -20,7 +20,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let cfg = Config::load(&ctx.paths.config_file)?;
-    let Some(agent_cfg) = cfg.agent else {
+    let Some(agent_cfg) = cfg.agent.clone() else {
         anyhow::bail!(
             "this host is not registered ({} has no [agent] section): run `runner register --url URL --token TOKEN` first",
             ctx.paths.config_file.display()
@@ -28,7 +28,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     };
     let poll_wait = Duration::try_from_secs_f64(args.poll_wait)
         .map_err(|_| anyhow::anyhow!("--poll-wait must be a non-negative number of seconds"))?;
-    let executors = crate::agent::executors(ctx)?;
+    let executors = crate::agent::executors::build(ctx, &cfg, &agent_cfg.isolations)?;
     let agent = Arc::new(Agent::new(
         agent_cfg,
         executors,

@@ -160,7 +160,6 @@ mod tests {
             state,
             attempt: 1,
             runner_id: None,
-            token_hash: None,
             failure_reason: None,
             cancel_requested: false,
             steps: vec![],

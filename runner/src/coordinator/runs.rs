@@ -31,6 +31,8 @@ pub fn job_view(j: &Job) -> JobView {
         allow_failure: j.spec.allow_failure,
         steps: j.steps.clone(),
         log_size: j.log_size,
+        labels: j.labels.clone(),
+        isolations: j.isolations.clone(),
     }
 }
 

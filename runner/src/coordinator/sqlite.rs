@@ -37,7 +37,7 @@ CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
 CREATE TABLE IF NOT EXISTS secrets(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
-const JOB_COLS: &str = "id, run_id, spec, state, attempt, runner_id, token_hash, failure_reason, \
+const JOB_COLS: &str = "id, run_id, spec, state, attempt, runner_id, failure_reason, \
      cancel_requested, steps, checksum, log_size, labels, isolations";
 
 #[derive(Clone)]
@@ -57,6 +57,7 @@ impl SqliteStore {
         Self::init(conn)
     }
 
+    #[cfg(test)]
     pub fn in_memory() -> Result<SqliteStore> {
         Self::init(Connection::open_in_memory()?)
     }
@@ -125,14 +126,13 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         state: state_of(&r.get::<_, String>(3)?)?,
         attempt: r.get(4)?,
         runner_id: r.get(5)?,
-        token_hash: r.get(6)?,
-        failure_reason: r.get(7)?,
-        cancel_requested: r.get(8)?,
-        steps: from_json::<Vec<StepReport>>(&r.get::<_, String>(9)?)?,
-        checksum: r.get(10)?,
-        log_size: r.get::<_, i64>(11)? as u64,
-        labels: from_json(&r.get::<_, String>(12)?)?,
-        isolations: from_json(&r.get::<_, String>(13)?)?,
+        failure_reason: r.get(6)?,
+        cancel_requested: r.get(7)?,
+        steps: from_json::<Vec<StepReport>>(&r.get::<_, String>(8)?)?,
+        checksum: r.get(9)?,
+        log_size: r.get::<_, i64>(10)? as u64,
+        labels: from_json(&r.get::<_, String>(11)?)?,
+        isolations: from_json(&r.get::<_, String>(12)?)?,
     })
 }
 
@@ -164,30 +164,6 @@ const RUN_COLS: &str = "id, name, state, event, branch, secrets, created";
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn meta_get(&self, key: &str) -> Result<Option<String>> {
-        let key = key.to_string();
-        self.with(move |c| {
-            Ok(
-                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                    .optional()?,
-            )
-        })
-        .await
-    }
-
-    async fn meta_set(&self, key: &str, value: &str) -> Result<()> {
-        let (key, value) = (key.to_string(), value.to_string());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO meta(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [key, value],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     async fn create_reg_token(&self, hash: &str, token: &RegToken) -> Result<()> {
         let hash = hash.to_string();
         let (labels, isolations) = (to_json(&token.labels), to_json(&token.isolations));
@@ -713,8 +689,12 @@ mod tests {
         assert!(s.requeue(id, 1, "runner lost").await.unwrap());
         let j = s.job(id).await.unwrap().unwrap();
         assert_eq!(
-            (j.state, j.attempt, j.token_hash),
-            (JobState::Pending, 2, None)
+            (
+                j.state,
+                j.attempt,
+                s.job_by_token("h").await.unwrap().is_none()
+            ),
+            (JobState::Pending, 2, true)
         );
         let f = Finish {
             state: JobState::Success,

@@ -13,8 +13,6 @@ use crate::protocol::{JobState, StepReport};
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
     #[error("database task failed: {0}")]
     Task(String),
 }
@@ -76,7 +74,6 @@ pub struct Job {
     pub state: JobState,
     pub attempt: u32,
     pub runner_id: Option<i64>,
-    pub token_hash: Option<String>,
     pub failure_reason: Option<String>,
     pub cancel_requested: bool,
     pub steps: Vec<StepReport>,
@@ -106,9 +103,6 @@ pub struct Finish {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    async fn meta_get(&self, key: &str) -> Result<Option<String>>;
-    async fn meta_set(&self, key: &str, value: &str) -> Result<()>;
-
     async fn create_reg_token(&self, hash: &str, token: &RegToken) -> Result<()>;
     async fn reg_token(&self, hash: &str) -> Result<Option<RegToken>>;
 
