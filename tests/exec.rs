@@ -328,6 +328,37 @@ jobs:
 }
 
 #[test]
+fn a_job_timeout_kills_its_step_and_fails_the_run() {
+    let nap = format!("{}", 5000 + std::process::id() % 997);
+    let p = Project::new(&format!(
+        r#"
+name: e2e
+defaults:
+  image: host
+jobs:
+  slow:
+    timeout: 2s
+    steps:
+      - name: hang
+        run: |
+          trap '' TERM
+          sleep {nap} &
+          sleep {nap}
+      - name: after
+        run: echo after-step-ran
+"#
+    ));
+    let start = Instant::now();
+    let r = p.exec(&[]);
+    assert!(start.elapsed() < Duration::from_secs(20), "{r}");
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stdout.contains("slow ✗ hang · timed out"), "{r}");
+    assert!(r.stdout.contains("job timed out"), "{r}");
+    assert!(!r.stdout.contains("after-step-ran"), "{r}");
+    assert_no_leftovers(p.data.path(), Some(&nap));
+}
+
+#[test]
 fn bind_workspace_lets_jobs_change_the_checkout() {
     let p = Project::new(
         r#"
