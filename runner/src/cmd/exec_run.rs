@@ -247,7 +247,12 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
         setup.parallel,
         &cancel,
         move |n| {
-            let _ = notices.try_send(Message::Notice(n));
+            // The scheduler cannot wait here; a task does, so a notice is never dropped when
+            // the terminal is behind (the printer ends only when every sender is gone).
+            let tx = notices.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Message::Notice(n)).await;
+            });
         },
         move |i, attempt| {
             let s = s.clone();
@@ -258,8 +263,9 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
     drop(tx);
     let removed = shared.run_dir.remove();
     drop(shared);
-    let mut out = printing
-        .join()
+    // Waited for off the runtime: queued notices still need it to reach the printer.
+    let mut out = tokio::task::spawn_blocking(move || printing.join())
+        .await?
         .map_err(|_| anyhow::anyhow!("the output thread panicked"))?
         .into_inner();
     let _ = out.write_all(terminal::summary(plan, &outcomes, style, started.elapsed()).as_bytes());
