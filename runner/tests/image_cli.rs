@@ -188,9 +188,8 @@ async fn import_docker_save_and_oci_layout() {
     let layer = busybox_layer().unwrap();
     let image = TestImage::new(vec![Layer::new(layer.clone(), Compression::None)]);
     let config = image.config_json();
-    let manifest = format!(
-        r#"[{{"Config":"config.json","RepoTags":["saved/busybox:1"],"Layers":["abc/layer.tar"]}}]"#
-    );
+    let manifest =
+        r#"[{"Config":"config.json","RepoTags":["saved/busybox:1"],"Layers":["abc/layer.tar"]}]"#;
     let mut b = LayerBuilder::new();
     b.file("manifest.json", 0o644, manifest.as_bytes())
         .file("config.json", 0o644, &config)
