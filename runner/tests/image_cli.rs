@@ -64,6 +64,23 @@ async fn pull_ls_rm_prune() {
     let o = runner(d, &["image", "pull", &reference]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0 downloaded"));
 
+    // On a terminal: one progress bar per layer (`script` gives the pull a pty).
+    let tty_data = d.join("tty");
+    let cmd = format!(
+        "{} --data-dir {} image pull {reference}",
+        env!("CARGO_BIN_EXE_runner"),
+        tty_data.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DOCKER_CONFIG", d.join("no-docker"))
+        .output()
+        .expect("run script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    let layer = image.layers[0].digest();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(shown.contains(&layer["sha256:".len().."sha256:".len() + 12]) && shown.contains("done"), "{shown}");
+
     let o = runner(d, &["image", "ls"]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&reference),
