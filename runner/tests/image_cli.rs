@@ -266,3 +266,36 @@ async fn import_docker_save_and_oci_layout() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+#[tokio::test]
+async fn two_processes_pulling_at_once_download_once() {
+    let registry = TestRegistry::start().unwrap();
+    let mut extra = LayerBuilder::new();
+    extra.file("etc/motd", 0o644, b"two processes\n");
+    let image = TestImage::new(vec![
+        Layer::new(busybox_layer().unwrap(), Compression::Gzip),
+        Layer::new(extra.finish(), Compression::Zstd),
+    ]);
+    push(registry.addr(), "shared:v1", &image, None).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let reference = format!("{}/shared:v1", registry.addr());
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("--data-dir")
+            .arg(d)
+            .args(["image", "pull", &reference])
+            .env("DOCKER_CONFIG", d.join("no-docker"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    for l in &image.layers {
+        assert_eq!(registry.blob_gets(&l.digest()), 1, "{}", registry.log());
+    }
+}
