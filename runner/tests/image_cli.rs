@@ -79,7 +79,10 @@ async fn pull_ls_rm_prune() {
     let shown = String::from_utf8_lossy(&o.stdout);
     let layer = image.layers[0].digest();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(shown.contains(&layer["sha256:".len().."sha256:".len() + 12]) && shown.contains("done"), "{shown}");
+    assert!(
+        shown.contains(&layer["sha256:".len().."sha256:".len() + 12]) && shown.contains("done"),
+        "{shown}"
+    );
 
     let o = runner(d, &["image", "ls"]);
     assert!(
@@ -276,7 +279,9 @@ async fn two_processes_pulling_at_once_download_once() {
         Layer::new(busybox_layer().unwrap(), Compression::Gzip),
         Layer::new(extra.finish(), Compression::Zstd),
     ]);
-    push(registry.addr(), "shared:v1", &image, None).await.unwrap();
+    push(registry.addr(), "shared:v1", &image, None)
+        .await
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     let d = data.path();
     let reference = format!("{}/shared:v1", registry.addr());
