@@ -571,7 +571,8 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
     let out = f
         .run(f.step(
             "id -u; cat /proc/self/uid_map; echo hi > /workspace/made; \
-             echo x > /tmp/t && echo tmp-ok; echo $$",
+             echo x > /tmp/t && echo tmp-ok; echo $$; stat -c %u /etc/passwd; \
+             echo added >> /etc/passwd && echo etc-ok",
         ))
         .await;
     assert!(out.result.success(), "{} {}", out.stdout, out.stderr);
@@ -581,6 +582,15 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
     assert_eq!(map, ["0", &base.to_string(), "65536"]);
     assert_eq!(lines[2], "tmp-ok");
     assert_eq!(lines[3], "1");
+    // Image layers are idmapped: host root's files belong to the step's root, which can
+    // change them (in its upper dir only).
+    assert_eq!(lines[4], "0");
+    assert_eq!(lines[5], "etc-ok");
+    assert!(
+        !std::fs::read_to_string(f.tmp.path().join("rootfs/etc/passwd"))
+            .unwrap()
+            .contains("added")
+    );
     // Outside, the step's root is the unprivileged host uid.
     assert_eq!(
         std::fs::metadata(workspace.join("made")).unwrap().uid(),

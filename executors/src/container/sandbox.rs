@@ -112,6 +112,19 @@ impl ContainerExecutor {
         let (errout_r, errout_w) = pipe()?;
         let devnull =
             std::fs::File::open("/dev/null").map_err(ContainerError::io("/dev/null".as_ref()))?;
+        // User namespace: the layers become idmapped mounts under the sandbox dir, present
+        // in the child's copy of our mount namespace and unmounted from ours after the clone.
+        let mut idmapped = Vec::new();
+        let mut rootfs = rootfs;
+        if let Some(mapping) = &self.mapping {
+            for (i, layer) in rootfs.layers.iter().enumerate() {
+                let target = dir.join(format!("{}{i}", super::state::LOWER_PREFIX));
+                std::fs::create_dir(&target).map_err(ContainerError::io(&target))?;
+                mapping.mount_idmapped(layer, &target)?;
+                idmapped.push(target);
+            }
+            rootfs.layers = idmapped.clone();
+        }
         let plan = self.plan(
             job,
             step,
@@ -139,6 +152,9 @@ impl ContainerExecutor {
         let pid = spawned.pid;
         guard.pid = Some(pid);
         drop((sync_r, err_w, out_w, errout_w, devnull));
+        for target in &idmapped {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
         guard.record.pid = Some(pid.as_raw());
         guard.record.pid_start = start_time(pid.as_raw());
         let veth = veth_name(&name);
