@@ -549,7 +549,7 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
     let workspace = tmp.path().join("ws");
     std::fs::create_dir(&workspace).unwrap();
     let base = 3_000_000 + (std::process::id() % 1000) * 65536;
-    std::os::unix::fs::chown(&workspace, Some(base), Some(base)).unwrap();
+    std::fs::write(workspace.join("from-host"), "x").unwrap();
     let mut config = ContainerConfig::new(
         tmp.path().join("state"),
         Arc::new(LocalDirImages::new().with(IMAGE, &rootfs)),
@@ -572,7 +572,7 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
         .run(f.step(
             "id -u; cat /proc/self/uid_map; echo hi > /workspace/made; \
              echo x > /tmp/t && echo tmp-ok; echo $$; stat -c %u /etc/passwd; \
-             echo added >> /etc/passwd && echo etc-ok",
+             echo added >> /etc/passwd && echo etc-ok; stat -c %u /workspace/from-host",
         ))
         .await;
     assert!(out.result.success(), "{} {}", out.stdout, out.stderr);
@@ -591,11 +591,10 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
             .unwrap()
             .contains("added")
     );
-    // Outside, the step's root is the unprivileged host uid.
-    assert_eq!(
-        std::fs::metadata(workspace.join("made")).unwrap().uid(),
-        base
-    );
+    // The workspace is idmapped too: host root's files are the step's root's, and what the
+    // step writes lands on the host as root's, as without a user namespace.
+    assert_eq!(lines[6], "0");
+    assert_eq!(std::fs::metadata(workspace.join("made")).unwrap().uid(), 0);
     f.assert_clean().await;
 }
 

@@ -114,16 +114,26 @@ impl ContainerExecutor {
             std::fs::File::open("/dev/null").map_err(ContainerError::io("/dev/null".as_ref()))?;
         // User namespace: the layers become idmapped mounts under the sandbox dir, present
         // in the child's copy of our mount namespace and unmounted from ours after the clone.
+        // The workspace too, so that host root's files there are the step's root's, and what
+        // the step writes lands on the host as root's, as without a user namespace.
+        // The bind source must be absolute and free of symlinks a step could swap.
+        let mut workspace =
+            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
         let mut idmapped = Vec::new();
         let mut rootfs = rootfs;
         if let Some(mapping) = &self.mapping {
-            for (i, layer) in rootfs.layers.iter().enumerate() {
+            let mut sources = rootfs.layers.clone();
+            sources.push(workspace.clone());
+            for (i, source) in sources.iter().enumerate() {
                 let target = dir.join(format!("{}{i}", super::state::LOWER_PREFIX));
                 std::fs::create_dir(&target).map_err(ContainerError::io(&target))?;
-                mapping.mount_idmapped(layer, &target)?;
-                idmapped.push(target);
+                // Recorded before mounting: a failure unmounts what is there.
+                idmapped.push(target.clone());
+                mapping.mount_idmapped(source, &target)?;
             }
+            workspace = idmapped.pop().unwrap_or(workspace);
             rootfs.layers = idmapped.clone();
+            idmapped.push(workspace.clone());
         }
         let plan = self.plan(
             job,
@@ -132,6 +142,7 @@ impl ContainerExecutor {
             [&sync_r, &err_w, &out_w, &errout_w].map(|f| f.as_raw_fd()),
             devnull.as_raw_fd(),
             (&upper, &work, &merged),
+            &workspace,
         )?;
         let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -229,14 +240,12 @@ impl ContainerExecutor {
         [sync_fd, err_fd, stdout_fd, stderr_fd]: [RawFd; 4],
         stdin_fd: RawFd,
         (upper, work, merged): (&PathBuf, &PathBuf, &PathBuf),
+        workspace: &Path,
     ) -> Result<ChildPlan, ContainerError> {
         let mut masked = self.config.masked_paths.clone();
         masked.push(self.config.state_dir.clone());
-        // The bind source must be absolute and free of symlinks a step could swap.
-        let workspace =
-            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
         let ops = tree(&TreeSpec {
-            workspace: &workspace,
+            workspace,
             workdir: &step.workdir,
             host_image: rootfs.host,
             masked: &masked,
