@@ -141,8 +141,7 @@ impl ContainerExecutor {
             &rootfs,
             [&sync_r, &err_w, &out_w, &errout_w].map(|f| f.as_raw_fd()),
             devnull.as_raw_fd(),
-            (&upper, &work, &merged),
-            &workspace,
+            (&upper, &work, &merged, &workspace),
         )?;
         let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -239,8 +238,7 @@ impl ContainerExecutor {
         rootfs: &Rootfs,
         [sync_fd, err_fd, stdout_fd, stderr_fd]: [RawFd; 4],
         stdin_fd: RawFd,
-        (upper, work, merged): (&PathBuf, &PathBuf, &PathBuf),
-        workspace: &Path,
+        (upper, work, merged, workspace): (&PathBuf, &PathBuf, &PathBuf, &Path),
     ) -> Result<ChildPlan, ContainerError> {
         let mut masked = self.config.masked_paths.clone();
         masked.push(self.config.state_dir.clone());
