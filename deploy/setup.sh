@@ -11,6 +11,9 @@ packages=(
   # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
   iptables
   perl-base
+  # container executor tests: an OCI image served from a local registry; unshare for the v2 test
+  docker-registry
+  util-linux
 )
 
 missing=()
