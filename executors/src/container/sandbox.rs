@@ -112,13 +112,13 @@ impl ContainerExecutor {
         let (errout_r, errout_w) = pipe()?;
         let devnull =
             std::fs::File::open("/dev/null").map_err(ContainerError::io("/dev/null".as_ref()))?;
+        // The bind source must be absolute and free of symlinks a step could swap.
+        let mut workspace =
+            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
         // User namespace: the layers become idmapped mounts under the sandbox dir, present
         // in the child's copy of our mount namespace and unmounted from ours after the clone.
         // The workspace too, so that host root's files there are the step's root's, and what
         // the step writes lands on the host as root's, as without a user namespace.
-        // The bind source must be absolute and free of symlinks a step could swap.
-        let mut workspace =
-            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
         let mut idmapped = Vec::new();
         let mut rootfs = rootfs;
         if let Some(mapping) = &self.mapping {
