@@ -351,14 +351,17 @@ async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
     let (r, out, _, sys) = run(
         &f,
         &step(
-            "echo warm > w.txt; cat /proc/uptime",
+            "echo warm > w.txt; head -c 300000 /dev/zero | tr '\\0' x",
             Duration::from_secs(60),
         ),
         CancellationToken::new(),
     )
     .await;
-    assert!(r.unwrap().success(), "{out}");
+    assert!(r.unwrap().success(), "{}", &out[..out.len().min(200)]);
     assert!(sys.contains("(warm pool)"), "{sys}");
+    // Output of some size streams through intact.
+    assert_eq!(out.len(), 300_000);
+    assert!(out.bytes().all(|b| b == b'x'));
     assert_eq!(
         std::fs::read_to_string(f.job.job.workspace.join("w.txt")).unwrap(),
         "warm\n"
