@@ -500,3 +500,66 @@ async fn container_vm_container_share_the_workspace() {
     vm.cleanup(&vjob).await.unwrap();
     assert!(qemu_processes(tmp.path()).is_empty());
 }
+
+/// A runner killed with SIGKILL cannot clean up: its VMs must die with it anyway (QEMU runs
+/// with PR_SET_PDEATHSIG). The test re-runs itself as the "runner" and kills that process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_takes_its_vm_along() {
+    const CHILD: &str = "RUNNER_VM_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let f = fixture(0).await;
+        println!("DATA={}", f.dir.path().display());
+        let (tx, mut rx) = mpsc::channel::<LogChunk>(16);
+        let printer = tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                print!("{}", String::from_utf8_lossy(&c.data));
+            }
+        });
+        let s = step("echo step-started; sleep 120", Duration::from_secs(300));
+        let _ = f
+            .exec
+            .run_step(&f.job, &s, tx, CancellationToken::new())
+            .await;
+        let _ = printer.await;
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_runner_takes_its_vm_along",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut data = None;
+    for line in reader.lines() {
+        let line = line.unwrap();
+        // libtest may print "test <name> ... " on the same line first.
+        if let Some(i) = line.find("DATA=") {
+            data = Some(PathBuf::from(line[i + 5..].trim()));
+        }
+        if line.contains("step-started") {
+            break;
+        }
+    }
+    let data = data.expect("child printed its data dir");
+    assert_eq!(qemu_processes(&data).len(), 1, "the child's VM runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !qemu_processes(&data).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(qemu_processes(&data).is_empty(), "QEMU outlived its runner");
+    // The child's temp dir is its own leftover (it never got to clean up); remove it here.
+    let _ = std::fs::remove_dir_all(&data);
+}
