@@ -7,7 +7,6 @@ packages=(
   ca-certificates
   iproute2
   busybox-static
-  cpio
   # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
   iptables
   perl-base
@@ -15,6 +14,12 @@ packages=(
   e2fsprogs
   util-linux
   musl-tools
+  python3-yaml
+  python3-jsonschema
+  docker-registry   # image store tests: a local OCI registry
+  apache2-utils     # htpasswd, for the auth-registry test
+  skopeo            # image import test writes an OCI layout
+  systemd           # deploy tests: systemd-analyze verify on the units
 )
 
 missing=()
@@ -33,20 +38,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Guest kernel for the microVM tests: Debian's cloud kernel, unpacked here and never installed
-# into the host's /boot. The tests read it from $VMM_TEST_KERNEL_DIR (default below).
-vmm_kernel_dir="${VMM_TEST_KERNEL_DIR:-/var/cache/runner/vmm-test-kernel}"
-if ! compgen -G "$vmm_kernel_dir/boot/vmlinuz-*" >/dev/null; then
-  echo "setup: unpacking Debian's cloud kernel into $vmm_kernel_dir"
-  kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
-  pkg=$(kernel_pkg)
-  if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(kernel_pkg); fi
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq "$pkg")
-  mkdir -p "$vmm_kernel_dir"
-  dpkg-deb -x "$tmp"/*.deb "$vmm_kernel_dir"
-  rm -rf "$tmp"
-fi
-# Guest kernel and agent of the VM executor (isolation: vm).
+# Guest kernel and agent of the VM executor (isolation: vm); the microVM tests (vmm/) use the
+# same kernel.
 rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
 "$(dirname "$0")/setup-vm-kernel.sh"

@@ -368,3 +368,76 @@ fn help_reads_well() {
         );
     }
 }
+
+#[test]
+fn validate_takes_several_files_and_fails_if_any_is_bad() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.yml"), BAD).unwrap();
+    let hello = root().join("examples/hello.yml");
+    let out = runner(
+        tmp.path(),
+        &["validate", hello.to_str().unwrap(), "bad.yml"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("hello.yml: ok: 1 job, 1 with the matrix expanded, 1 step"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("4 problems in bad.yml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = runner(tmp.path(), &["validate", "--json", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).trim(), "[]");
+}
+
+/// An independent validator (Python's `jsonschema`, draft 2020-12) checks that `runner schema`
+/// is a valid schema, accepts every example and rejects what the parser rejects.
+#[test]
+#[ignore = "needs python3-yaml and python3-jsonschema (deploy/setup.sh installs them); CI runs it"]
+fn schema_accepts_the_examples_and_rejects_bad_input_in_a_real_validator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = runner(&root(), &["schema"]);
+    assert!(out.status.success());
+    let schema = tmp.path().join("schema.json");
+    std::fs::write(&schema, &out.stdout).unwrap();
+    let script = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema)
+for f in sys.argv[2:]:
+    errors = [e.message for e in v.iter_errors(yaml.safe_load(open(f)))]
+    assert not errors, (f, errors)
+bad = [
+    "jobs: {a: {stpes: [x]}}",
+    "jobs: {a: {steps: []}}",
+    "jobs: {a: {steps: [{run: x, timeout: 10x}]}}",
+    "jobs: {a: {steps: [{run: x, isolation: docker}]}}",
+    "jobs: {a: {steps: [{run: x, resources: {memory: '512'}}]}}",
+    "jobs: {a: {steps: [{name: x}]}}",
+    "jobs: {'my job': {steps: [x]}}",
+    "name: x",
+]
+for b in bad:
+    assert list(v.iter_errors(yaml.safe_load(b))), "accepted: " + b
+print("ok", len(sys.argv) - 2)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).arg(&schema);
+    for f in examples() {
+        cmd.arg(f);
+    }
+    let out = cmd.output().expect("python3 is needed for this test");
+    assert!(
+        out.status.success(),
+        "the schema check failed (is python3-jsonschema installed?):\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let expected = format!("ok {}", examples().len());
+    assert!(stdout(&out).starts_with(&expected), "{}", stdout(&out));
+}

@@ -148,8 +148,13 @@ impl Decoder {
     fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
         match node.as_scalar() {
             Some(s) if s.kind() == ScalarKind::Bool => Some(s.text.eq_ignore_ascii_case("true")),
-            _ => {
-                self.expected(node, path, "true or false", None);
+            other => {
+                // YAML 1.1 read these as booleans; YAML 1.2, which we follow, reads them as text.
+                let hint = other
+                    .map(|s| s.text.to_ascii_lowercase())
+                    .filter(|t| matches!(t.as_str(), "yes" | "no" | "on" | "off" | "y" | "n"))
+                    .map(|t| format!("`{t}` is text in YAML 1.2: write true or false"));
+                self.expected(node, path, "true or false", hint);
                 None
             }
         }
@@ -460,17 +465,22 @@ impl Decoder {
             self.expected(node, "jobs", "a mapping of job names to jobs", None);
             return Vec::new();
         };
-        if map.is_empty() {
+        let hidden = |k: &Node| k.as_scalar().is_some_and(|s| s.text.starts_with('.'));
+        if map.iter().all(|(k, _)| hidden(k)) {
             self.error(
                 node.pos,
                 "jobs",
                 "`jobs` is empty",
-                Some("add at least one job".into()),
+                Some("add at least one job (names starting with `.` are templates)".into()),
             );
         }
         let mut jobs = Vec::new();
         for (k, v) in map {
             let name = k.as_scalar().map(|s| s.text.clone()).unwrap_or_default();
+            if hidden(k) {
+                // A hidden job, as in GitLab CI: a template for anchors, or a job switched off.
+                continue;
+            }
             let path = join("jobs", &name);
             if !is_job_name(&name) {
                 self.error(
@@ -869,6 +879,7 @@ impl Decoder {
             env: BTreeMap::new(),
             continue_on_error: false,
             secrets: Vec::new(),
+            secrets_at: Vec::new(),
         };
         let mut name_pos = node.pos;
         if let Some(s) = node.as_scalar().filter(|s| s.kind() == ScalarKind::Str) {
@@ -918,7 +929,11 @@ impl Decoder {
                 "continue_on_error" => {
                     step.continue_on_error = self.boolean(value, &p).unwrap_or(false)
                 }
-                "secrets" => step.secrets = self.secrets(value, &p),
+                "secrets" => {
+                    let found = self.secrets(value, &p);
+                    step.secrets = found.iter().map(|(n, _, _)| n.clone()).collect();
+                    step.secrets_at = found.into_iter().map(|(_, pos, p)| (pos, p)).collect();
+                }
                 _ => {}
             }
         }
@@ -933,7 +948,7 @@ impl Decoder {
         Some((step, name_pos))
     }
 
-    fn secrets(&mut self, node: &Node, path: &str) -> Vec<String> {
+    fn secrets(&mut self, node: &Node, path: &str) -> Vec<(String, Pos, String)> {
         let Value::Seq(items) = &node.value else {
             self.expected(
                 node,
@@ -945,7 +960,7 @@ impl Decoder {
             );
             return Vec::new();
         };
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<(String, Pos, String)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let p = format!("{path}[{i}]");
             let Some(name) = self.string(item, &p) else {
@@ -958,10 +973,10 @@ impl Decoder {
                     format!("`{name}` is not a valid secret name"),
                     Some("use letters, digits and _, e.g. DEPLOY_TOKEN".into()),
                 );
-            } else if out.contains(&name) {
+            } else if out.iter().any(|(n, _, _)| *n == name) {
                 self.error(item.pos, &p, format!("`{name}` is listed twice"), None);
             } else {
-                out.push(name);
+                out.push((name, item.pos, p));
             }
         }
         out

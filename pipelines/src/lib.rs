@@ -60,39 +60,36 @@ pub fn validate_file(path: &Path) -> Result<Validated, Diagnostics> {
 /// Parse and validate pipeline YAML: every problem found, in file order, or the checked model.
 pub fn validate_str(source: &str, file: &str) -> Result<Validated, Diagnostics> {
     let mut d = decode::Decoder::new(file);
-    let root = match yaml::parse(source) {
-        Ok(Some(root)) => root,
-        Ok(None) => {
+    let (root, yaml_errors) = yaml::parse_lenient(source);
+    for e in yaml_errors {
+        // The scanner's words for a tab are cryptic; say what to do about it.
+        let line = source
+            .lines()
+            .nth(e.pos.line.saturating_sub(1))
+            .unwrap_or("");
+        let tab_indent = line.trim_start_matches(' ').starts_with('\t');
+        let hint = if e.message.starts_with("YAML syntax") && tab_indent {
+            Some("indent with spaces: YAML does not allow tabs for indentation".into())
+        } else {
+            e.hint
+        };
+        d.error(e.pos, "", e.message, hint);
+    }
+    let Some(root) = root else {
+        if d.diags.is_empty() {
             d.error(
                 Pos::new(1, 1),
                 "",
                 "the file is empty",
                 Some("a pipeline needs `jobs:` with at least one job; see docs/pipeline.md".into()),
             );
-            return Err(finish(d.diags));
         }
-        Err(errors) => {
-            for e in errors {
-                // The scanner's words for a tab are cryptic; say what to do about it.
-                let line = source
-                    .lines()
-                    .nth(e.pos.line.saturating_sub(1))
-                    .unwrap_or("");
-                let tab_indent = line.starts_with(|c: char| c == '\t' || c == ' ')
-                    && line.trim_start_matches(' ').starts_with('\t');
-                let hint = if e.message.starts_with("YAML syntax") && tab_indent {
-                    Some("indent with spaces: YAML does not allow tabs for indentation".into())
-                } else {
-                    e.hint
-                };
-                d.error(e.pos, "", e.message, hint);
-            }
-            return Err(finish(d.diags));
-        }
+        return Err(finish(d.diags));
     };
     let Some(pipeline) = d.pipeline(&root) else {
         return Err(finish(d.diags));
     };
+    check_secrets_not_in_env(&pipeline, &mut d);
     let needs = graph::check_needs(&pipeline, &mut d);
     let order = match graph::order(&needs) {
         Ok(order) => order,
@@ -153,4 +150,30 @@ fn read(path: &Path) -> Result<String, Diagnostics> {
             hint,
         }])
     })
+}
+
+/// A name listed in a step's `secrets` must not also be set in an `env` the step sees: the
+/// value would be in the file, and which one wins would be a surprise.
+fn check_secrets_not_in_env(p: &model::Pipeline, d: &mut decode::Decoder) {
+    for job in &p.jobs {
+        for step in &job.steps {
+            for (name, (pos, path)) in step.secrets.iter().zip(&step.secrets_at) {
+                let level = if step.env.contains_key(name) {
+                    "the step's"
+                } else if job.env.contains_key(name) {
+                    "the job's"
+                } else if p.env.contains_key(name) {
+                    "the pipeline's"
+                } else {
+                    continue;
+                };
+                d.error(
+                    *pos,
+                    path,
+                    format!("`{name}` is a secret of this step and is also set in {level} `env`"),
+                    Some("secret values come from the runner; remove it from `env`".into()),
+                );
+            }
+        }
+    }
 }

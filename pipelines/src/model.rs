@@ -88,4 +88,6 @@ pub struct Step {
     pub env: BTreeMap<String, String>,
     pub continue_on_error: bool,
     pub secrets: Vec<String>,
+    /// Where each secret name is written (position, key path), in the order of `secrets`.
+    pub secrets_at: Vec<(Pos, String)>,
 }

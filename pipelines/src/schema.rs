@@ -88,7 +88,8 @@ pub fn schema() -> Value {
         "env" => json!({"$ref": "#/$defs/env"}),
         "defaults" => object(keys::SETTINGS, &setting),
         _ => json!({"type": "object", "minProperties": 1,
-            "propertyNames": {"$ref": "#/$defs/jobName"},
+            "patternProperties": {"^\\.": {"description": "a hidden job: a template for anchors, not run"}},
+            "propertyNames": {"anyOf": [{"$ref": "#/$defs/jobName"}, {"pattern": "^\\."}]},
             "additionalProperties": {"$ref": "#/$defs/job"}}),
     });
     top["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");

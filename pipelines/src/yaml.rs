@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Span};
+use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Span, Tag};
 
 /// Nesting deeper than this is refused: no pipeline needs it, and dropping or cloning a deeper
 /// tree recurses.
@@ -175,14 +175,27 @@ impl YamlError {
 
 /// Parse one YAML document. `Ok(None)` for an empty file. Syntax errors stop the parse (the
 /// scanner cannot resynchronise), so they come alone; duplicate keys are all reported.
+#[cfg(test)]
 pub fn parse(source: &str) -> Result<Option<Node>, Vec<YamlError>> {
+    let (root, errors) = parse_lenient(source);
+    if errors.is_empty() {
+        Ok(root)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Like `parse`, but problems that leave a usable tree (duplicate keys, unsupported tags) come
+/// with the tree, so that the rest of the file can still be checked. The tree is `None` after
+/// a syntax error, or for an empty file.
+pub fn parse_lenient(source: &str) -> (Option<Node>, Vec<YamlError>) {
     let mut builder = Builder::default();
     for event in Parser::new_from_str(source) {
         match event {
             Ok((ev, span)) => {
                 if let Err(e) = builder.event(ev, span) {
                     builder.errors.push(e);
-                    return Err(builder.errors);
+                    return (None, builder.errors);
                 }
             }
             Err(e) => {
@@ -190,17 +203,16 @@ pub fn parse(source: &str) -> Result<Option<Node>, Vec<YamlError>> {
                 builder.errors.push(YamlError {
                     pos,
                     message: format!("YAML syntax error: {}", e.info()),
-                    hint: Some("check indentation, quoting and that `key: value` has a space after the colon".into()),
+                    hint: Some(
+                        "check indentation, quoting and that `key: value` has a space after the colon"
+                            .into(),
+                    ),
                 });
-                return Err(builder.errors);
+                return (None, builder.errors);
             }
         }
     }
-    if builder.errors.is_empty() {
-        Ok(builder.root)
-    } else {
-        Err(builder.errors)
-    }
+    (builder.root, builder.errors)
 }
 
 enum Frame {
@@ -256,9 +268,18 @@ impl Builder {
                 self.push(node)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
-                // `!!str 12` is the string "12"; other tags are ignored.
-                let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
-                let plain = style == ScalarStyle::Plain && !forced_str;
+                // `!!str 12` is the string "12"; `!!int '3'` the number 3.
+                self.check_tag(
+                    tag.as_deref(),
+                    pos,
+                    &["str", "int", "float", "bool", "null"],
+                );
+                let core = tag.as_ref().map(|t| t.suffix.as_str());
+                let plain = match core {
+                    Some("str") => false,
+                    Some(_) => true,
+                    None => style == ScalarStyle::Plain,
+                };
                 let quoted = matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted);
                 let text_pos = if quoted {
                     Pos::new(pos.line, pos.column + 1)
@@ -280,7 +301,8 @@ impl Builder {
                 }
                 self.push(node)?;
             }
-            Event::SequenceStart(anchor, _) => {
+            Event::SequenceStart(anchor, tag) => {
+                self.check_tag(tag.as_deref(), pos, &["seq"]);
                 self.open(pos)?;
                 self.stack.push(Frame::Seq {
                     pos,
@@ -288,7 +310,8 @@ impl Builder {
                     items: Vec::new(),
                 });
             }
-            Event::MappingStart(anchor, _) => {
+            Event::MappingStart(anchor, tag) => {
+                self.check_tag(tag.as_deref(), pos, &["map"]);
                 self.open(pos)?;
                 self.stack.push(Frame::Map {
                     pos,
@@ -325,6 +348,30 @@ impl Builder {
             },
         }
         Ok(())
+    }
+
+    /// Only the core schema's own tags mean something here; any other tag would be silently
+    /// dropped, so it is an error.
+    fn check_tag(&mut self, tag: Option<&Tag>, pos: Pos, allowed: &[&str]) {
+        let Some(tag) = tag else { return };
+        if tag.handle == "tag:yaml.org,2002:" && allowed.contains(&tag.suffix.as_str()) {
+            return;
+        }
+        let shown = if tag.handle == "tag:yaml.org,2002:" {
+            format!("!!{}", tag.suffix)
+        } else {
+            format!("{}{}", tag.handle, tag.suffix)
+        };
+        let hint = if tag.suffix == "reference" {
+            "GitLab's !reference has no equivalent here: use anchors (&name, *name) and `<<` merge keys"
+        } else {
+            "remove the tag; values are typed by how they are written"
+        };
+        self.errors.push(YamlError {
+            pos,
+            message: format!("YAML tag `{shown}` is not supported here"),
+            hint: Some(hint.into()),
+        });
     }
 
     fn open(&mut self, pos: Pos) -> Result<(), YamlError> {
@@ -520,6 +567,26 @@ mod tests {
         }
         let errs = parse(&bomb).unwrap_err();
         assert!(errs[0].message.contains("too large"), "{errs:?}");
+    }
+
+    #[test]
+    fn core_tags_type_values_and_other_tags_are_errors() {
+        let root = parse("a: !!str 12\nb: !!int '3'\n").unwrap().unwrap();
+        let m = map(&root);
+        assert_eq!(m[0].1.as_scalar().unwrap().kind(), ScalarKind::Str);
+        assert_eq!(m[1].1.as_scalar().unwrap().kind(), ScalarKind::Int);
+        let errs = parse("a: !reference [x, y]\nb: !custom {c: 1}\nd: !!seq 1\n").unwrap_err();
+        let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "YAML tag `!reference` is not supported here",
+                "YAML tag `!custom` is not supported here",
+                "YAML tag `!!seq` is not supported here"
+            ]
+        );
+        assert_eq!(errs[0].pos, Pos::new(1, 4));
+        assert!(errs[0].hint.as_deref().unwrap().contains("anchors"));
     }
 
     #[test]

@@ -92,6 +92,7 @@ jobs:
         "jobs.a.allow_failure",
         "expected true or false, found a string",
     );
+    hint(&e[1], "`yes` is text in YAML 1.2: write true or false");
     at(
         &e[2],
         5,
@@ -691,4 +692,60 @@ jobs:
         "jobs.b.steps[1].image",
         "only `${{ matrix.KEY }}` can be used here",
     );
+}
+
+#[test]
+fn secrets_must_not_also_be_set_in_env() {
+    let src = "\
+env: {TOKEN: oops}
+jobs:
+  a:
+    env: {KEY: also-oops}
+    steps:
+      - run: x
+        env: {OTHER: fine}
+        secrets: [OTHER, KEY, TOKEN, FINE]
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    at(
+        &e[0],
+        8,
+        19,
+        "jobs.a.steps[0].secrets[0]",
+        "`OTHER` is a secret of this step and is also set in the step's `env`",
+    );
+    at(
+        &e[1],
+        8,
+        26,
+        "jobs.a.steps[0].secrets[1]",
+        "also set in the job's `env`",
+    );
+    at(
+        &e[2],
+        8,
+        31,
+        "jobs.a.steps[0].secrets[2]",
+        "also set in the pipeline's `env`",
+    );
+    hint(&e[2], "remove it from `env`");
+}
+
+#[test]
+fn yaml_level_problems_do_not_hide_the_others() {
+    let src = "\
+jobs:
+  a:
+    steps: [x]
+    steps: [y]
+    retry: many
+  b: !custom
+    steps: [z]
+";
+    let e = errors(src);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    at(&e[0], 4, 5, "", "duplicate key `steps`");
+    at(&e[1], 5, 12, "jobs.a.retry", "expected a whole number");
+    at(&e[2], 6, 6, "", "YAML tag `!custom` is not supported here");
 }

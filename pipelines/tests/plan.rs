@@ -342,3 +342,28 @@ jobs:
         ]
     );
 }
+
+#[test]
+fn hidden_jobs_are_templates_and_do_not_run() {
+    let src = "\
+jobs:
+  .defaults: &d
+    image: 127.0.0.1:5000/busybox:latest
+    steps: [echo template]
+  .disabled:
+    needs: [nowhere]
+    steps: []
+  real:
+    <<: *d
+";
+    let p = plan(src, &PlanOptions::default());
+    assert_eq!(ids(&p), ["real"]);
+    assert_eq!(p.jobs[0].steps[0].run, "echo template");
+    let err = plan_str(
+        "jobs:\n  .only: {steps: [x]}\n",
+        "ci.yml",
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.0[0].message, "`jobs` is empty");
+}

@@ -15,6 +15,9 @@ pub struct Config {
     /// `[vm]`: the VM executor (isolation: vm).
     #[serde(default)]
     pub vm: VmSection,
+    /// `[agent]`: this host's registration with a coordinator (written by `runner register`).
+    #[serde(default)]
+    pub agent: Option<AgentConfig>,
 }
 
 /// `[vm]` section. Every key is optional; paths default to the runner's data dir.
@@ -29,6 +32,9 @@ pub struct VmSection {
     pub qemu: Option<std::path::PathBuf>,
     /// `auto` (KVM where it can boot Linux, else TCG), `kvm` or `tcg`.
     pub accel: Option<String>,
+    /// Hypervisor: `auto` (the in-process microVM where KVM is hardware-backed, else QEMU),
+    /// `qemu` or `microvm` (refused where KVM cannot boot Linux, e.g. PVM).
+    pub backend: Option<String>,
     /// vCPUs of a VM whose step does not set `resources.cpus` [default: 1].
     pub cpus: Option<u32>,
     /// Memory in MiB of a VM whose step does not set `resources.memory` [default: 512].
@@ -60,6 +66,14 @@ impl VmSection {
                 anyhow::bail!("[vm] accel = {other:?}: expected \"auto\", \"kvm\" or \"tcg\"")
             }
         };
+        c.backend = match self.backend.as_deref() {
+            None | Some("auto") => executors::vm::microvm::Backend::Auto,
+            Some("qemu") => executors::vm::microvm::Backend::Qemu,
+            Some("microvm") => executors::vm::microvm::Backend::Microvm,
+            Some(other) => anyhow::bail!(
+                "[vm] backend = {other:?}: expected \"auto\", \"qemu\" or \"microvm\""
+            ),
+        };
         c.cpus = self.cpus.unwrap_or(c.cpus).max(1);
         c.memory_mib = self.memory_mib.unwrap_or(c.memory_mib);
         c.warm_pool = self.warm_pool.unwrap_or(c.warm_pool);
@@ -68,6 +82,28 @@ impl VmSection {
         }
         Ok(c)
     }
+}
+
+/// The `[agent]` section.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Coordinator base URL, e.g. `http://127.0.0.1:8420`.
+    pub url: String,
+    pub id: i64,
+    /// Runner token (secret: the file is mode 0600).
+    pub token: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub isolations: Vec<String>,
+    #[serde(default = "default_concurrent")]
+    pub concurrent: u32,
+}
+
+fn default_concurrent() -> u32 {
+    1
 }
 
 impl Config {
@@ -100,6 +136,10 @@ mod tests {
         let d = Config::default().vm.to_vm_config(Path::new("/d")).unwrap();
         assert_eq!(d.kernel_dir, Path::new("/d/vm/kernel"));
         assert_eq!(d.accel, None);
+        assert_eq!(d.backend, executors::vm::microvm::Backend::Auto);
+        let c: Config = toml::from_str("[vm]\nbackend = \"microvm\"\n").unwrap();
+        let v = c.vm.to_vm_config(Path::new("/d")).unwrap();
+        assert_eq!(v.backend, executors::vm::microvm::Backend::Microvm);
     }
 
     #[test]
@@ -107,6 +147,9 @@ mod tests {
         let c: Config = toml::from_str("[vm]\naccel = \"hvf\"\n").unwrap();
         let e = c.vm.to_vm_config(Path::new("/d")).unwrap_err().to_string();
         assert!(e.contains("accel"), "{e}");
+        let c: Config = toml::from_str("[vm]\nbackend = \"firecracker\"\n").unwrap();
+        let e = c.vm.to_vm_config(Path::new("/d")).unwrap_err().to_string();
+        assert!(e.contains("backend") && e.contains("microvm"), "{e}");
         assert!(toml::from_str::<Config>("[vm]\nwarm = 1\n").is_err());
     }
 }

@@ -1,10 +1,15 @@
 //! `runner`: runs CI pipelines with every step in a throwaway sandbox.
 
+mod agent;
 mod cli;
 mod cmd;
 mod config;
+mod coordinator;
 mod jobrun;
+mod mask;
+mod metrics;
 mod paths;
+mod protocol;
 
 use std::process::ExitCode;
 

@@ -9,6 +9,8 @@
 //!   first guest instruction (wall and VMM CPU time).
 //! - `loop N`: N create+run+teardown cycles in one process; medians.
 //! - `rss MIB`: RSS of this process with a live VM of MIB MiB, minus the guest's own pages.
+//! - `serial MIB`: guest-to-host throughput of the agent UART (COM2): the guest writes MIB MiB
+//!   with one `out` per byte (an upper bound: Linux's 8250 driver also polls the line status).
 //! - `load KERNEL [INITRD] [N]`: median time to load a kernel (and initrd) into fresh guest
 //!   memory, as `Vm::new` does; needs no KVM, so it measures the Linux path on PVM hosts too.
 
@@ -229,6 +231,48 @@ fn load(kernel: &str, initrd: Option<&str>, n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Counts bytes written to it.
+#[derive(Clone, Default)]
+struct Counter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn serial(mib: u64) -> Result<(), String> {
+    let bytes = (mib << 20) as u32;
+    // mov dx, 0x2f8; mov ecx, bytes; again: out dx, al; dec ecx; jnz again; reset.
+    let mut code = vec![0x66, 0xba, 0xf8, 0x02, 0xb9];
+    code.extend_from_slice(&bytes.to_le_bytes());
+    code.extend_from_slice(&[0xee, 0xff, 0xc9, 0x75, 0xfb, 0xb0, 0xfe, 0xe6, 0x64]);
+    let counter = Counter::default();
+    let mut cfg = config(code, 64);
+    cfg.agent = Some(Box::new(counter.clone()));
+    cfg.timeout = Some(Duration::from_secs(120));
+    let vm = Vm::new(cfg).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let report = vm.run().map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let got = counter.0.load(std::sync::atomic::Ordering::Relaxed);
+    if report.end != VmEnd::Reset || got != u64::from(bytes) {
+        return Err(format!("guest sent {got} of {bytes} bytes: {report:?}"));
+    }
+    println!(
+        "agent_uart_bytes={got} seconds={:.3} mib_per_s={:.2} exits_per_s={:.0}",
+        took.as_secs_f64(),
+        got as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+        got as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: u64| -> u64 {
@@ -239,6 +283,7 @@ fn main() {
         Some("spawn") => spawn(num(1, 20) as usize),
         Some("loop") => cycles(num(1, 50) as usize),
         Some("rss") => rss(num(1, 128)),
+        Some("serial") => serial(num(1, 1)),
         Some("load") if args.len() >= 2 => load(
             &args[1],
             args.get(2)
@@ -247,7 +292,7 @@ fn main() {
             args.last().and_then(|a| a.parse().ok()).unwrap_or(20),
         ),
         _ => Err(
-            "usage: vmm_bench once | spawn N | loop N | rss MIB | load KERNEL [INITRD] [N]".into(),
+            "usage: vmm_bench once | spawn N | loop N | rss MIB | serial MIB | load KERNEL [INITRD] [N]".into(),
         ),
     };
     if let Err(e) = result {

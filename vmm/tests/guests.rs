@@ -392,3 +392,25 @@ fn guest_driver_reads_the_root_disk_through_virtio_mmio() {
     assert_eq!(vm.run().unwrap().end, VmEnd::Reset);
     assert_eq!(serial.text(), "DISK01", "data, status OK, one used entry");
 }
+
+#[test]
+fn string_port_output_reaches_the_console_byte_for_byte() {
+    // mov esi, <text>; mov ecx, len; mov dx, 0x3f8; rep outsb; reset. KVM hands the whole
+    // string over in one exit; every byte must come out.
+    let text = b"rep outsb carries a whole string\n";
+    let prefix = 5 + 5 + 4 + 2 + 4; // the instructions before the text
+    let addr = 0x10_0000u32 + prefix;
+    let code = Asm::default()
+        .bytes(&[0xbe])
+        .bytes(&addr.to_le_bytes())
+        .bytes(&[0xb9])
+        .bytes(&(text.len() as u32).to_le_bytes())
+        .mov_dx(0x3f8)
+        .bytes(&[0xf3, 0x6e])
+        .i8042_reset()
+        .bytes(text);
+    assert_eq!(code.0.len(), prefix as usize + text.len());
+    let (cfg, serial) = config(code, "");
+    assert_eq!(run(cfg).end, VmEnd::Reset);
+    assert_eq!(serial.text().as_bytes(), text);
+}

@@ -13,10 +13,13 @@ use vmm::kvm::{self, KvmKind};
 use vmm::memory::{self, CMDLINE_ADDRESS, HIMEM_START, ZERO_PAGE_ADDRESS};
 use vmm::{Vm, VmConfig, VmEnd};
 
-/// The unpacked kernel: `$VMM_TEST_KERNEL_DIR/boot/vmlinuz-*`.
+/// The kernel `deploy/setup-vm-kernel.sh` unpacked for the VM executor:
+/// `$VMM_TEST_KERNEL_DIR/boot/vmlinuz-*`, by default under `${RUNNER_DATA_DIR:-/var/lib/runner}/vm/kernel`.
 fn debian_kernel() -> PathBuf {
-    let dir = std::env::var("VMM_TEST_KERNEL_DIR")
-        .unwrap_or_else(|_| "/var/cache/runner/vmm-test-kernel".into());
+    let dir = std::env::var("VMM_TEST_KERNEL_DIR").unwrap_or_else(|_| {
+        let data = std::env::var("RUNNER_DATA_DIR").unwrap_or_else(|_| "/var/lib/runner".into());
+        format!("{data}/vm/kernel")
+    });
     let boot = Path::new(&dir).join("boot");
     std::fs::read_dir(&boot)
         .ok()

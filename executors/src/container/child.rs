@@ -59,7 +59,8 @@ pub enum MountOp {
 #[derive(Debug)]
 pub struct ChildPlan {
     /// Read end: one byte arrives once the parent has placed us in cgroups and written our
-    /// id maps. EOF means the parent gave up.
+    /// id maps (awaited first thing with a user namespace, else right before dropping
+    /// privileges). EOF means the parent gave up.
     pub sync_fd: RawFd,
     /// Write end (close-on-exec): setup errors are written here; EOF at exec means success.
     pub err_fd: RawFd,
@@ -133,13 +134,11 @@ enum Never {}
 
 fn setup_and_exec(plan: &ChildPlan) -> Result<Never, Failure> {
     stdio_and_signals(plan)?;
-    wait_for_parent(plan.sync_fd)?;
     if plan.userns {
+        // Nothing works as root in a user namespace before the parent wrote the id maps.
+        wait_for_parent(plan.sync_fd)?;
         become_root()?;
     }
-    // SAFETY: unshare with a flag only affects this process.
-    let ret = unsafe { libc::unshare(libc::CLONE_NEWCGROUP) };
-    check(ret, "unshare cgroup namespace")?;
     // SAFETY: setsid has no memory effects; failure (already a leader) is harmless.
     unsafe { libc::setsid() };
     build_root(plan)?;
@@ -152,6 +151,15 @@ fn setup_and_exec(plan: &ChildPlan) -> Result<Never, Failure> {
     // SAFETY: chdir reads a valid C string.
     let ret = unsafe { libc::chdir(plan.workdir.as_ptr()) };
     check(ret, "chdir to the workdir")?;
+    if !plan.userns {
+        // The file tree is built while the parent does its bookkeeping; the step's own code
+        // must not start before the parent placed us in the limiting cgroups.
+        wait_for_parent(plan.sync_fd)?;
+    }
+    // Now that we are in the step's cgroups, make them the root of what the step sees.
+    // SAFETY: unshare with a flag only affects this process.
+    let ret = unsafe { libc::unshare(libc::CLONE_NEWCGROUP) };
+    check(ret, "unshare cgroup namespace")?;
     drop_privileges(plan)?;
     // SAFETY: argv and envp are NULL-terminated arrays of pointers to C strings owned by the
     // plan, which outlives this call (execve either replaces the process or returns).

@@ -253,3 +253,6 @@ impl Executor for ContainerExecutor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -158,8 +158,9 @@ impl ContainerExecutor {
             self.config.bridge.attach(&veth, pid.as_raw(), ip)?;
         }
         phase(&started, "cgadd");
-        nix::unistd::write(&sync_w, &[1])
-            .map_err(|e| ContainerError::Spawn(format!("start the sandbox: {e}")))?;
+        // A child that already failed its setup has closed the pipe; its reason arrives on
+        // the error pipe below.
+        let _ = nix::unistd::write(&sync_w, &[1]);
         drop(sync_w);
 
         let pump = tokio::spawn(super::logs::pump(out_r, errout_r, output));

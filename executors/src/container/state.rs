@@ -90,7 +90,6 @@ impl StateDir {
             let _ = std::fs::remove_file(lease);
         }
         let dir = self.sandbox_dir(&record.name);
-        unmount_below(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -120,6 +119,7 @@ impl StateDir {
             if record.veth.is_none() {
                 record.veth = Some(network::veth_name(&name)).filter(|v| network::veth_exists(v));
             }
+            unmount_below(&self.sandbox_dir(&name));
             self.destroy(&record)?;
             removed.push(name);
         }

@@ -9,6 +9,7 @@
 pub mod host;
 pub mod hypervisor;
 pub mod kernel;
+pub mod microvm;
 mod pool;
 pub mod qemu;
 pub mod rootfs;
@@ -86,6 +87,8 @@ pub struct VmConfig {
     /// Initramfs and root disks are cached here.
     pub cache_dir: PathBuf,
     pub qemu: PathBuf,
+    /// Which hypervisor: `auto` (the microVM on hardware KVM, QEMU otherwise), `qemu`, `microvm`.
+    pub backend: microvm::Backend,
     /// `None`: KVM where it can boot Linux, TCG otherwise.
     pub accel: Option<Accel>,
     /// VM size when the step does not say.
@@ -104,6 +107,7 @@ impl VmConfig {
             agent: data_dir.join("vm/guest-agent"),
             cache_dir: data_dir.join("vm/cache"),
             qemu: "qemu-system-x86_64".into(),
+            backend: microvm::Backend::Auto,
             accel: None,
             cpus: 1,
             memory_mib: 512,
@@ -159,18 +163,19 @@ pub struct VmExecutor {
 }
 
 impl VmExecutor {
-    /// With the QEMU backend, accelerated as [`VmConfig::accel`] (or the host) allows.
-    /// Builds the initramfs if needed (blocking: call at start-up).
+    /// With the backend [`VmConfig::backend`] picks for this host (QEMU accelerated as
+    /// [`VmConfig::accel`] or the host allows). Builds the initramfs if needed (blocking: call
+    /// at start-up).
     pub fn new(cfg: VmConfig, images: Arc<dyn ImageProvider>) -> Result<VmExecutor, VmError> {
-        let accel = cfg
-            .accel
-            .unwrap_or_else(|| Accel::for_host(KvmKind::detect()));
+        let kvm = KvmKind::detect();
+        let accel = cfg.accel.unwrap_or_else(|| Accel::for_host(kvm));
         let qemu = Qemu {
             binary: cfg.qemu.clone(),
             accel,
             tsc_khz: host::host_tsc_khz(),
         };
-        Self::with_hypervisor(cfg, images, Arc::new(qemu))
+        let hypervisor = microvm::select(cfg.backend, kvm, qemu)?;
+        Self::with_hypervisor(cfg, images, hypervisor)
     }
 
     /// With any backend (e.g. the in-process microVM).

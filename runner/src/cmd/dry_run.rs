@@ -1,6 +1,6 @@
 //! `runner exec --dry-run`: the plan for people (text) and for programs (JSON).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -97,15 +97,30 @@ pub fn text(plan: &Plan, file: &Path, opts: &PlanOptions) -> String {
             line.push_str(", allowed to fail");
         }
         let _ = writeln!(o, "{line}");
+        // Variables every step shares are shown once, on the job; a step shows the rest.
+        let common: BTreeMap<&str, &str> = match job.steps.split_first() {
+            Some((first, rest)) => first
+                .env
+                .iter()
+                .filter(|(k, v)| rest.iter().all(|s| s.env.get(*k) == Some(*v)))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        env_lines(&mut o, "  ", common.iter().map(|(k, v)| (*k, *v)));
         for (i, step) in job.steps.iter().enumerate() {
-            step_text(&mut o, i + 1, step);
+            step_text(&mut o, i + 1, step, &common);
         }
     }
     o
 }
 
-fn step_text(o: &mut String, n: usize, s: &PlannedStep) {
-    let _ = writeln!(o, "  step {n}: {}", s.name);
+fn step_text(o: &mut String, n: usize, s: &PlannedStep, common: &BTreeMap<&str, &str>) {
+    if s.name == format!("step {n}") {
+        let _ = writeln!(o, "  step {n}");
+    } else {
+        let _ = writeln!(o, "  step {n}: {}", s.name);
+    }
     let image = match &s.image {
         Image::Host => "host (the host's root filesystem, read-only)".to_string(),
         Image::Oci(r) => r.clone(),
@@ -153,12 +168,22 @@ fn step_text(o: &mut String, n: usize, s: &PlannedStep) {
             s.secrets.join(", ")
         );
     }
-    for (i, (k, v)) in s.env.iter().enumerate() {
-        let label = if i == 0 { "env" } else { "" };
-        let _ = writeln!(o, "    {label:<10} {k}={}", v.escape_debug());
-    }
+    let own = s
+        .env
+        .iter()
+        .filter(|(k, v)| common.get(k.as_str()) != Some(&v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    env_lines(o, "    ", own);
     for (i, line) in s.run.lines().enumerate() {
         let label = if i == 0 { "run" } else { "" };
         let _ = writeln!(o, "    {label:<10} {line}");
+    }
+}
+
+/// `env        K=V` then one variable per line, aligned under the first.
+fn env_lines<'a>(o: &mut String, indent: &str, vars: impl Iterator<Item = (&'a str, &'a str)>) {
+    for (i, (k, v)) in vars.enumerate() {
+        let label = if i == 0 { "env" } else { "" };
+        let _ = writeln!(o, "{indent}{label:<10} {k}={}", v.escape_debug());
     }
 }

@@ -1,13 +1,391 @@
-//! `runner exec` without `--dry-run`: run the planned jobs here, each step sandboxed.
-//! Owned by the local-run work (through `crate::jobrun`); not built yet.
+//! `runner exec` for real: every job of the plan, in DAG order, each step in a sandbox, live on
+//! the terminal, then a summary. Exit code 0 when every job succeeded (or was allowed to
+//! fail), 1 when one failed, 2 for bad input (secrets), 130 after Ctrl-C.
+//!
+//! The source tree is `--workspace DIR`, or the directory holding the pipeline file.
+//! Each job attempt gets its own copy of it under
+//! `<data-dir>/exec/<run>/job<N>-<attempt>/` (or the tree itself with `--bind-workspace`),
+//! removed when the job ends; the run's directory is locked while it lives so that the next
+//! `runner exec` removes it if this one was killed.
 
-use pipelines::Plan;
+mod interrupt;
+mod schedule;
+mod secrets;
+mod snapshot;
+pub(crate) mod terminal;
+#[cfg(test)]
+mod tests;
+mod workspace;
 
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+use pipelines::{Isolation, Plan, PlannedJob};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::schedule::JobOutcome;
+use self::terminal::{Message, Printer, Style};
+use self::workspace::RunDir;
 use super::exec::Args;
 use super::Context;
+use crate::jobrun::{self, Executors, JobRequest, JobStatus};
+use crate::mask::Masker;
 
-pub async fn run_pipeline(_ctx: &Context, _args: Args, _plan: Plan) -> anyhow::Result<u8> {
-    anyhow::bail!(
-        "running a pipeline locally is not implemented yet; use --dry-run to see the plan"
+/// Run `plan` here with the `runner exec` arguments `args`.
+pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Result<u8> {
+    let secrets = match secrets::collect(&args.secrets, args.secrets_file.as_deref())
+        .and_then(|s| check_secrets(&plan, &s).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
+    let source = match &args.workspace {
+        Some(dir) => dir.clone(),
+        None => match args.file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => dir.to_path_buf(),
+            None => PathBuf::from("."),
+        },
+    };
+    let source = source
+        .canonicalize()
+        .with_context(|| format!("workspace {}", source.display()))?;
+    anyhow::ensure!(
+        source.is_dir(),
+        "workspace {} is not a directory",
+        source.display()
+    );
+
+    let stale = workspace::reconcile(&ctx.paths.data_dir)?;
+    if stale > 0 {
+        tracing::info!("removed {stale} workspace(s) left by runs that died");
+    }
+    let config = crate::config::Config::load(&ctx.paths.config_file)?;
+    let vm_step = vm_step(&plan);
+    let built = jobrun::setup::build(&ctx.paths, &config, vm_step.is_some()).await?;
+    if !built.reconciled.is_empty() {
+        tracing::info!(
+            "removed {} sandbox(es) left by a runner that died",
+            built.reconciled.len()
+        );
+    }
+    if let (Some((job, step)), None) = (vm_step, &built.executors.vm) {
+        anyhow::bail!(
+            "step '{step}' of job '{job}' asks for isolation: vm, but the VM executor is not \
+             available here: {} (see `runner doctor`; --isolation container runs every step in \
+             a container instead)",
+            built.vm_unavailable.as_deref().unwrap_or("unknown reason")
+        );
+    }
+    let executors = built.executors;
+
+    let cancel = CancellationToken::new();
+    let interrupts = interrupt::Interrupts::watch(cancel.clone())?;
+    let setup = Setup {
+        data_dir: ctx.paths.data_dir.clone(),
+        source,
+        bind: args.bind_workspace,
+        parallel: args
+            .parallel
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, |n| n.get()),
+        style: Style {
+            color: use_color(),
+            timestamps: args.timestamps,
+        },
+        secrets,
+    };
+    let (outcomes, _) = execute(setup, executors, &plan, std::io::stdout(), cancel).await?;
+    if let Some(code) = interrupts.exit_code() {
+        return Ok(code);
+    }
+    Ok(exit_code(&plan, &outcomes))
+}
+
+/// Every secret the plan names must be given, and all must be long enough to mask.
+fn check_secrets(plan: &Plan, secrets: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    Masker::new(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let mut missing: Vec<String> = Vec::new();
+    for job in plan.jobs.iter().filter(|j| j.skipped.is_none()) {
+        for step in &job.steps {
+            for name in &step.secrets {
+                if !secrets.contains_key(name) && !missing.contains(name) {
+                    missing.push(name.clone());
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let flags: Vec<String> = missing
+            .iter()
+            .map(|n| format!("--secret {n}=VALUE"))
+            .collect();
+        anyhow::bail!(
+            "the pipeline needs secret(s) {} that were not given; pass {} or --secrets-file FILE",
+            missing.join(", "),
+            flags.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn vm_step(plan: &Plan) -> Option<(&str, &str)> {
+    plan.jobs
+        .iter()
+        .filter(|j| j.skipped.is_none())
+        .flat_map(|j| j.steps.iter().map(move |s| (j, s)))
+        .find(|(_, s)| s.isolation == Isolation::Vm)
+        .map(|(j, s)| (j.id.as_str(), s.name.as_str()))
+}
+
+/// Colours on a terminal only, and never with `NO_COLOR` set or `TERM=dumb`.
+fn use_color() -> bool {
+    std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+/// 1 when a job that was not allowed to fail failed, timed out or was cancelled.
+fn exit_code(plan: &Plan, outcomes: &[JobOutcome]) -> u8 {
+    let failed = plan.jobs.iter().zip(outcomes).any(|(j, o)| {
+        matches!(
+            o.status,
+            JobStatus::Failed | JobStatus::TimedOut | JobStatus::Cancelled
+        ) && !j.allow_failure
+    });
+    u8::from(failed)
+}
+
+/// Everything a run needs besides the plan and the executors.
+pub(crate) struct Setup {
+    pub data_dir: PathBuf,
+    pub source: PathBuf,
+    pub bind: bool,
+    pub parallel: usize,
+    pub style: Style,
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Run the plan, print it live and then the summary to `out`; returns the outcomes and `out`.
+pub(crate) async fn execute<W: Write + Send + 'static>(
+    setup: Setup,
+    executors: Executors,
+    plan: &Plan,
+    out: W,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Vec<JobOutcome>, W)> {
+    let started = Instant::now();
+    let run_id = new_run_id();
+    let run_dir = RunDir::create(&setup.data_dir, &run_id)?;
+    let (tx, mut rx) = mpsc::channel::<Message>(1024);
+    let style = setup.style;
+    let mut printer = Printer::new(out, style, plan);
+    // The terminal is written from a thread of its own: a slow terminal then slows the
+    // output channel (and so the steps), never the runtime.
+    let printing = std::thread::spawn(move || {
+        while let Some(m) = rx.blocking_recv() {
+            printer.handle(m);
+        }
+        printer
+    });
+
+    let exclude = setup
+        .data_dir
+        .canonicalize()
+        .unwrap_or(setup.data_dir.clone());
+    let shared = Arc::new(Shared {
+        executors,
+        jobs: plan.jobs.clone(),
+        snapshot: nix::unistd::geteuid().is_root() && !exclude.starts_with(&setup.source),
+        exclude,
+        run_dir,
+        run_id,
+        source: setup.source,
+        bind: setup.bind,
+        secrets: setup.secrets,
+        tx: tx.clone(),
+        cancel: cancel.clone(),
+    });
+    let notices = tx.clone();
+    let s = shared.clone();
+    let outcomes = schedule::run_plan(
+        plan,
+        setup.parallel,
+        &cancel,
+        move |n| {
+            let _ = notices.try_send(Message::Notice(n));
+        },
+        move |i, attempt| {
+            let s = s.clone();
+            async move { s.run_job(i, attempt).await }
+        },
     )
+    .await;
+    drop(tx);
+    let removed = shared.run_dir.remove();
+    drop(shared);
+    let mut out = printing
+        .join()
+        .map_err(|_| anyhow::anyhow!("the output thread panicked"))?
+        .into_inner();
+    let _ = out.write_all(terminal::summary(plan, &outcomes, style, started.elapsed()).as_bytes());
+    let _ = out.flush();
+    if let Err(e) = removed {
+        eprintln!("warning: {e:#}");
+    }
+    Ok((outcomes, out))
+}
+
+/// What every job task shares.
+struct Shared {
+    executors: Executors,
+    jobs: Vec<PlannedJob>,
+    /// Never copied into a workspace: the runner's data dir, if it lies in the source tree.
+    exclude: PathBuf,
+    /// Try an overlay snapshot of the source before copying it.
+    snapshot: bool,
+    run_dir: RunDir,
+    run_id: String,
+    source: PathBuf,
+    bind: bool,
+    secrets: BTreeMap<String, String>,
+    tx: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    async fn run_job(
+        self: Arc<Self>,
+        i: usize,
+        attempt: u32,
+    ) -> (JobStatus, Vec<executors::StepResult>) {
+        let info = |text: String| {
+            let tx = self.tx.clone();
+            async move {
+                let _ = tx.send(Message::Info { job: i, text }).await;
+            }
+        };
+        // The job's own directory (removed at the end) and the workspace the steps see.
+        let (job_dir, workspace) = if self.bind {
+            (None, self.source.clone())
+        } else {
+            match self.fresh_workspace(i, attempt).await {
+                Ok((dir, ws, text)) => {
+                    info(text).await;
+                    (Some(dir), ws)
+                }
+                Err(e) => {
+                    info(format!("error: cannot prepare the workspace: {e:#}")).await;
+                    return (JobStatus::Failed, Vec::new());
+                }
+            }
+        };
+        let (ev_tx, mut ev_rx) = mpsc::channel(256);
+        let tx = self.tx.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(event) = ev_rx.recv().await {
+                let _ = tx.send(Message::Event { job: i, event }).await;
+            }
+        });
+        let req = JobRequest {
+            job: self.jobs[i].clone(),
+            run_id: format!("{}-{i}-{attempt}", self.run_id),
+            workspace: workspace.clone(),
+            secrets: self.secrets.clone(),
+        };
+        let result = jobrun::run_job(&self.executors, req, ev_tx, self.cancel.child_token()).await;
+        let _ = forward.await;
+        if let Some(dir) = job_dir {
+            let d = dir.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                snapshot::unmount_under(&d).and_then(|()| workspace::remove_tree(&d))
+            })
+            .await;
+            if let Ok(Err(e)) = removed {
+                info(format!(
+                    "warning: cannot remove the workspace {}: {e}",
+                    dir.display()
+                ))
+                .await;
+            }
+        }
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                info(format!("error: {e:#}")).await;
+                (JobStatus::Failed, Vec::new())
+            }
+        }
+    }
+
+    /// A new job directory holding the workspace (an overlay snapshot or a copy of the source
+    /// tree), and a line saying which.
+    async fn fresh_workspace(
+        &self,
+        i: usize,
+        attempt: u32,
+    ) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+        let dir = self.run_dir.job_dir(i, attempt)?;
+        let t = Instant::now();
+        let mut fallback = String::new();
+        if self.snapshot {
+            let (src, d) = (self.source.clone(), dir.clone());
+            match tokio::task::spawn_blocking(move || snapshot::mount_snapshot(&src, &d)).await? {
+                Ok(ws) => {
+                    let text = format!(
+                        "workspace: overlay snapshot of {} ({})",
+                        self.source.display(),
+                        terminal::duration(t.elapsed())
+                    );
+                    return Ok((dir, ws, text));
+                }
+                Err(e) => fallback = format!("no overlay snapshot ({e}), "),
+            }
+        }
+        let ws = dir.join("workspace");
+        std::fs::create_dir_all(&ws)?;
+        let (src, dst, exclude) = (self.source.clone(), ws.clone(), self.exclude.clone());
+        let stats = tokio::task::spawn_blocking(move || workspace::copy_tree(&src, &dst, &exclude))
+            .await?
+            .with_context(|| format!("copying {} into {}", self.source.display(), ws.display()))?;
+        let text = format!(
+            "workspace: {fallback}copied {} files, {} in {}",
+            stats.files,
+            human_bytes(stats.bytes),
+            terminal::duration(t.elapsed())
+        );
+        Ok((dir, ws, text))
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Short and unique enough to name sandboxes and cgroups: `x` + 8 hex digits from the clock
+/// and the pid.
+fn new_run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = nanos ^ (u64::from(std::process::id()) << 32) ^ (nanos >> 29);
+    format!("x{:08x}", mixed as u32)
 }

@@ -8,6 +8,7 @@ pub mod exec_run;
 pub mod image;
 pub mod logs;
 pub mod register;
+pub mod remote;
 pub mod run;
 pub mod runners;
 pub mod runs;

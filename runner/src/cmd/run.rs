@@ -1,10 +1,48 @@
-//! `runner run`. Not built yet: see the open issue that covers it.
+//! `runner run`: the agent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::Context;
+use crate::agent::Agent;
+use crate::config::Config;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// How long each job request may wait on the coordinator, in seconds
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub poll_wait: f64,
+    /// Serve Prometheus metrics on this address (`/metrics`)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
 
-pub async fn run(_ctx: &Context, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`runner run` is not implemented yet")
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
+    let cfg = Config::load(&ctx.paths.config_file)?;
+    let Some(agent_cfg) = cfg.agent.clone() else {
+        anyhow::bail!(
+            "this host is not registered ({} has no [agent] section): run `runner register --url URL --token TOKEN` first",
+            ctx.paths.config_file.display()
+        );
+    };
+    let poll_wait = Duration::try_from_secs_f64(args.poll_wait)
+        .map_err(|_| anyhow::anyhow!("--poll-wait must be a non-negative number of seconds"))?;
+    let executors = crate::agent::executors::build(ctx, &cfg, &agent_cfg.isolations)?;
+    let agent = Arc::new(Agent::new(
+        agent_cfg,
+        executors,
+        &ctx.paths.data_dir,
+        poll_wait,
+    )?);
+    if let Some(addr) = args.metrics_listen {
+        let m = agent.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve_agent(addr, m).await {
+                tracing::error!(error = %e, "agent metrics server failed");
+            }
+        });
+    }
+    agent.run().await?;
+    Ok(0)
 }

@@ -1,13 +1,77 @@
-//! `runner runners`. Not built yet: see the open issue that covers it.
+//! `runner runners ls|pause|resume|rm` (coordinator admin).
 
+use super::remote::{send, Remote, RemoteArgs};
 use super::Context;
+use crate::protocol::RunnerView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// List
-    Ls,
+    /// List registered runners
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Stop giving jobs to a runner (running jobs continue)
+    Pause {
+        id: i64,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Give jobs to a paused runner again
+    Resume {
+        id: i64,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Remove a runner (its token stops working)
+    Rm {
+        id: i64,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
-pub async fn run(_ctx: &Context, _cmd: Command) -> anyhow::Result<u8> {
-    anyhow::bail!("`runner runners` is not implemented yet")
+pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Ls { json, remote } => {
+            let r = Remote::new(ctx, &remote)?;
+            let list: Vec<RunnerView> = send(r.get("/api/v1/runners")).await?.json().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<5} {:<20} {:<8} {:<4} {:<8} {:<18} LABELS",
+                "ID", "NAME", "STATUS", "JOBS", "CONCUR", "ISOLATIONS"
+            );
+            for x in list {
+                println!(
+                    "{:<5} {:<20} {:<8} {:<4} {:<8} {:<18} {}",
+                    x.id,
+                    x.name,
+                    x.status,
+                    x.running_jobs,
+                    x.concurrent,
+                    x.isolations.join(","),
+                    x.labels.join(",")
+                );
+            }
+        }
+        Command::Pause { id, remote } => {
+            send(Remote::new(ctx, &remote)?.post(&format!("/api/v1/runners/{id}/pause"))).await?;
+            println!("runner {id} paused");
+        }
+        Command::Resume { id, remote } => {
+            send(Remote::new(ctx, &remote)?.post(&format!("/api/v1/runners/{id}/resume"))).await?;
+            println!("runner {id} resumed");
+        }
+        Command::Rm { id, remote } => {
+            send(Remote::new(ctx, &remote)?.delete(&format!("/api/v1/runners/{id}"))).await?;
+            println!("runner {id} removed");
+        }
+    }
+    Ok(0)
 }

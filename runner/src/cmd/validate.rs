@@ -10,29 +10,28 @@ use super::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Pipeline file
+    /// Pipeline files
     #[arg(value_name = "FILE", default_value = ".runner.yml")]
-    pub file: PathBuf,
+    pub files: Vec<PathBuf>,
     /// Print the problems as a JSON array (file, line, column, path, message, hint)
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<u8> {
-    match pipelines::validate_file(&args.file) {
-        Ok(v) => {
-            let jobs = &v.pipeline.jobs;
-            let instances: usize = jobs.iter().map(|j| j.matrix.len().max(1)).sum();
-            let steps: usize = jobs
-                .iter()
-                .map(|j| j.steps.len() * j.matrix.len().max(1))
-                .sum();
-            if args.json {
-                println!("[]");
-            } else {
+    let mut all: Vec<Diagnostic> = Vec::new();
+    for file in &args.files {
+        match pipelines::validate_file(file) {
+            Ok(v) if !args.json => {
+                let jobs = &v.pipeline.jobs;
+                let instances: usize = jobs.iter().map(|j| j.matrix.len().max(1)).sum();
+                let steps: usize = jobs
+                    .iter()
+                    .map(|j| j.steps.len() * j.matrix.len().max(1))
+                    .sum();
                 println!(
                     "{}: ok: {} {}, {} with the matrix expanded, {} {}",
-                    args.file.display(),
+                    file.display(),
                     jobs.len(),
                     plural(jobs.len(), "job"),
                     instances,
@@ -40,17 +39,19 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<u8> {
                     plural(steps, "step"),
                 );
             }
-            Ok(0)
-        }
-        Err(diags) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&diags.0)?);
-            } else {
-                report(&args.file, &diags);
+            Ok(_) => {}
+            Err(diags) => {
+                if !args.json {
+                    report(file, &diags);
+                }
+                all.extend(diags.0);
             }
-            Ok(2)
         }
     }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(if all.is_empty() { 0 } else { 2 })
 }
 
 fn plural(n: usize, word: &str) -> String {

@@ -135,19 +135,24 @@ impl Devices {
             .find_map(|u| u.offset(port).map(|o| (u.as_ref(), o)))
     }
 
-    /// Handles `out` to `port`.
+    /// Handles `out` to `port`. `data` holds every byte of the access: more than one for a
+    /// string instruction (`rep outsb`, which KVM batches into one exit).
     pub fn pio_write(&self, port: u16, data: &[u8]) -> PortAction {
         let Some(&value) = data.first() else {
             return PortAction::Continue;
         };
         if let Some((uart, offset)) = self.uart(port) {
-            uart.write(offset, value);
+            for byte in data {
+                uart.write(offset, *byte);
+            }
         } else if let Some(offset) = i8042::offset(port) {
             if lock(&self.i8042).write(offset, value) {
                 return PortAction::Reset;
             }
         } else if port == BOOT_TIMER_PORT {
-            self.boot_timer.write(value);
+            for byte in data {
+                self.boot_timer.write(*byte);
+            }
         }
         PortAction::Continue
     }
@@ -156,9 +161,13 @@ impl Devices {
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
         data.fill(0xff);
         if let Some((uart, offset)) = self.uart(port) {
-            data[0] = uart.read(offset);
+            for byte in data.iter_mut() {
+                *byte = uart.read(offset);
+            }
         } else if let Some(offset) = i8042::offset(port) {
-            data[0] = lock(&self.i8042).read(offset);
+            if let Some(first) = data.first_mut() {
+                *first = lock(&self.i8042).read(offset);
+            }
         }
     }
 
@@ -190,4 +199,60 @@ impl Devices {
 /// usable (its state is plain registers), so poisoning is ignored.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn devices(console: Capture) -> Devices {
+        let kvm = crate::kvm::open().unwrap();
+        let mem = crate::memory::allocate(2).unwrap();
+        let vm = crate::vm::create(&kvm, &mem).unwrap();
+        let config = DeviceConfig {
+            console_out: Box::new(console),
+            agent_out: None,
+            root_disk: None,
+        };
+        Devices::new(&vm, &mem, config, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn a_batched_string_write_delivers_every_byte() {
+        // What KVM hands over for `rep outsb` when it batches: all bytes in one exit.
+        let out = Capture::default();
+        let dev = devices(out.clone());
+        assert_eq!(dev.pio_write(COM1_PORT, b"abc"), PortAction::Continue);
+        dev.pio_write(BOOT_TIMER_PORT, &[0, BOOT_TIMER_MAGIC, 1]);
+        assert_eq!(&out.0.lock().unwrap()[..], b"abc");
+        assert_eq!(dev.boot_times().len(), 1);
+        assert_eq!(dev.pio_write(0x64, &[0xfe]), PortAction::Reset);
+    }
+
+    #[test]
+    fn nothing_there_reads_as_all_ones_and_mmio_without_a_disk_too() {
+        let dev = devices(Capture::default());
+        let mut data = [0u8; 4];
+        dev.pio_read(0x2f8, &mut data); // no agent UART configured
+        assert_eq!(data, [0xff; 4]);
+        dev.mmio_read(VIRTIO_BLOCK_BASE, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        // The UART's line status register: transmitter empty, nothing received.
+        let mut lsr = [0u8; 1];
+        dev.pio_read(COM1_PORT + 5, &mut lsr);
+        assert_eq!(lsr[0] & 0x61, 0x60);
+    }
 }

@@ -16,33 +16,39 @@ pub struct Root {
 }
 
 impl Root {
-    /// A pure v2 host: the v2 tree has the memory controller. `None` on v1 or hybrid hosts.
+    /// A pure v2 host (no v1 memory hierarchy). `None` on v1 or hybrid hosts. Controllers the
+    /// runner's cgroup lacks only fail the steps that ask for that limit, with a clear error.
     pub fn from_hierarchies(h: &Hierarchies) -> Result<Option<Self>, CgroupError> {
         let Some((mount, own)) = &h.v2 else {
             return Ok(None);
         };
+        if h.v1.contains_key("memory") {
+            return Ok(None);
+        }
         let mut dir = mount.join(own.trim_start_matches('/'));
         if dir.ends_with(RUNNER_LEAF) {
             dir.pop();
         }
-        let controllers =
-            std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-        if !controllers.split_whitespace().any(|c| c == "memory") || h.v1.contains_key("memory") {
-            return Ok(None);
-        }
         Ok(Some(Root { dir }))
     }
 
+    /// Hand the memory, pids and cpu controllers (those we have) to sandbox cgroups.
     fn enable_controllers(&self) -> Result<(), CgroupError> {
         let control = self.dir.join("cgroup.subtree_control");
         let enabled = std::fs::read_to_string(&control).unwrap_or_default();
-        if ["memory", "pids", "cpu"]
+        let available =
+            std::fs::read_to_string(self.dir.join("cgroup.controllers")).unwrap_or_default();
+        let missing: Vec<String> = ["memory", "pids", "cpu"]
             .iter()
-            .all(|c| enabled.split_whitespace().any(|e| e == *c))
-        {
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if missing.is_empty() {
             return Ok(());
         }
-        match std::fs::write(&control, "+memory +pids +cpu") {
+        let missing = missing.join(" ");
+        match std::fs::write(&control, &missing) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 // Our cgroup holds processes (the runner itself): move them into a leaf.
@@ -57,7 +63,7 @@ impl Root {
                 for pid in procs.lines() {
                     let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
                 }
-                write(&control, "+memory +pids +cpu")
+                write(&control, &missing)
             }
             Err(e) => Err(io_err(&control)(e)),
         }
@@ -68,7 +74,9 @@ impl Root {
     }
 
     pub fn create(&self, name: &str, res: &Resources) -> Result<V2Cgroup, CgroupError> {
-        self.enable_controllers()?;
+        if res.memory.is_some() || res.pids.is_some() || res.cpus.is_some() {
+            self.enable_controllers()?;
+        }
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).map_err(io_err(&dir))?;
         let cg = V2Cgroup { dir };
