@@ -563,3 +563,22 @@ async fn a_killed_runner_takes_its_vm_along() {
     // The child's temp dir is its own leftover (it never got to clean up); remove it here.
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// What fails inside the guest comes back as a clear error, and the VM is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_inside_the_guest_is_reported_with_its_reason() {
+    let f = fixture(0).await;
+    let mut s = step("true", Duration::from_secs(60));
+    s.workdir = "/proc/sys/kernel/nope".into(); // mkdir fails in the guest.
+    let (r, _, _, _) = run(&f, &s, CancellationToken::new()).await;
+    match r {
+        Err(ExecutorError::Backend(msg)) => {
+            assert!(
+                msg.contains("guest agent") && msg.contains("create workspace"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected the agent's error, got {other:?}"),
+    }
+    assert!(qemu_processes(f.dir.path()).is_empty());
+}
