@@ -277,7 +277,7 @@ async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
 
     let (r, out, _, _) = run(
         &f,
-        &step("echo started; sleep 120", Duration::from_secs(2)),
+        &step("echo started; sleep 120", Duration::from_secs(5)),
         CancellationToken::new(),
     )
     .await;
