@@ -25,7 +25,9 @@ pub fn restore(dir: &Path, archive: &[u8]) -> io::Result<()> {
         .prefix(".runner-vm-restore-")
         .tempdir_in(dir)?;
     let mut ar = tar::Archive::new(archive);
-    ar.set_preserve_permissions(true);
+    // The archive comes from the guest, which is not trusted: keep rwx bits and owners, but
+    // no setuid/setgid bit reaches the host's file system.
+    ar.set_preserve_permissions(false);
     ar.set_preserve_ownerships(true);
     ar.set_overwrite(true);
     ar.unpack(staging.path())?;
@@ -112,6 +114,21 @@ mod tests {
         umount(&ws).unwrap();
         r.unwrap();
         assert_eq!(content.unwrap(), "data");
+    }
+
+    #[test]
+    fn setuid_bits_from_the_guest_are_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("suid"), "x").unwrap();
+        fs::set_permissions(src.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let tar = pack(&src).unwrap();
+        let ws = d.path().join("ws");
+        fs::create_dir_all(&ws).unwrap();
+        restore(&ws, &tar).unwrap();
+        let mode = fs::metadata(ws.join("suid")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
     }
 
     #[test]
