@@ -96,8 +96,17 @@ async fn container_vm_container_job_through_runner_exec() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("vm (qemu, "), "the step header names the backend: {text}");
-    for want in ["checked out", "one", "two", "outside-gone", "kernels-differ"] {
+    assert!(
+        text.contains("vm (qemu, "),
+        "the step header names the backend: {text}"
+    );
+    for want in [
+        "checked out",
+        "one",
+        "two",
+        "outside-gone",
+        "kernels-differ",
+    ] {
         assert!(text.contains(want), "missing {want:?}: {text}");
     }
     assert!(!qemu_running_for(tmp.path()), "QEMU left behind");
