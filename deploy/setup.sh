@@ -19,6 +19,7 @@ packages=(
   docker-registry   # image store tests: a local OCI registry
   apache2-utils     # htpasswd, for the auth-registry test
   skopeo            # image import test writes an OCI layout
+  systemd           # deploy tests: systemd-analyze verify on the units
 )
 
 missing=()

@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --include-ignored
+./deploy/tests/deploy.sh

@@ -266,7 +266,7 @@ jobs:
       - name: leak
         secrets: [API_TOKEN, OTHER]
         run: |
-          echo "plain: $API_TOKEN"
+          printf 'plain: %s\n' "$API_TOKEN"
           printf '%s' "$API_TOKEN" | base64
           printf 'user:%s' "$API_TOKEN" | base64
           printf 'json: {"t":"%s"}\n' "$(printf '%s' "$API_TOKEN" | sed 's/\\/\\\\/g; s/"/\\"/g')"
@@ -328,6 +328,54 @@ jobs:
 }
 
 #[test]
+fn bind_workspace_lets_jobs_change_the_checkout() {
+    let p = Project::new(
+        r#"
+name: e2e
+defaults:
+  image: host
+jobs:
+  j:
+    steps:
+      - name: write
+        run: echo generated > result.txt
+"#,
+    );
+    let r = p.exec(&["--bind-workspace"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(p.src.path().join("result.txt")).unwrap(),
+        "generated\n"
+    );
+}
+
+#[test]
+fn a_vm_step_without_a_usable_vm_executor_is_refused_with_the_reason() {
+    // A fresh data dir has no guest kernel, so the VM executor cannot start.
+    let p = Project::new(
+        r#"
+name: e2e
+jobs:
+  j:
+    steps:
+      - name: risky
+        isolation: vm
+        image: 127.0.0.1:5000/busybox:latest
+        run: echo in a vm
+"#,
+    );
+    let r = p.exec(&[]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(
+        r.stderr
+            .contains("step 'risky' of job 'j' asks for isolation: vm"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("--isolation container"), "{r}");
+    assert!(!r.stdout.contains("in a vm"), "{r}");
+}
+
+#[test]
 fn ctrl_c_cancels_the_running_step_and_leaves_no_sandbox_behind() {
     // A sleep with an argument no other test uses, to find its processes afterwards.
     let nap = format!("{}", 3000 + std::process::id() % 997);
@@ -344,8 +392,8 @@ jobs:
           echo started
           sleep {nap} &
           sleep {nap}
-      - name: never
-        run: echo never
+      - name: after
+        run: echo after-step-ran
 "#
     ));
     let mut child = p.command(&[]).spawn().expect("start runner");
@@ -395,9 +443,12 @@ jobs:
         .read_to_string(&mut err)
         .unwrap();
     assert_eq!(status.code(), Some(130), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(!out.contains("never"), "{out}");
-    assert!(out.contains("cancelled"), "{out}");
+    assert!(!out.contains("after-step-ran"), "{out}");
+    assert!(out.contains("long ✗ wait · cancelled"), "{out}");
+    assert!(out.contains("1 cancelled"), "{out}");
     assert_no_leftovers(p.data.path(), Some(&nap));
+    let cgroups = sandbox_cgroups(pid.as_raw());
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
 }
 
 /// Nothing of a finished run survives: no mount under the data dir, no process of the step,
@@ -411,6 +462,15 @@ fn assert_no_leftovers(data: &Path, process_marker: Option<&str>) {
     if let Some(marker) = process_marker {
         let procs = processes_with_arg(marker);
         assert!(procs.is_empty(), "step processes survived: {procs:?}");
+    }
+    let sandboxes = data.join("state/container/sandboxes");
+    if sandboxes.exists() {
+        let left: Vec<_> = std::fs::read_dir(&sandboxes)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "sandboxes left: {left:?}");
     }
     let exec = data.join("exec");
     if exec.exists() {
@@ -435,6 +495,31 @@ fn processes_with_arg(arg: &str) -> Vec<i32> {
         };
         if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
             found.push(pid);
+        }
+    }
+    found
+}
+
+/// Cgroups (v1 or v2, anywhere under /sys/fs/cgroup) of sandboxes that the runner with `pid`
+/// made: the container executor names them `rnr-<job>-<pid in hex>-<n>`.
+fn sandbox_cgroups(pid: i32) -> Vec<std::path::PathBuf> {
+    let tag = format!("-{pid:x}-");
+    let mut found = Vec::new();
+    let mut stack = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("rnr-") && name.contains(&tag) {
+                found.push(e.path());
+            } else if depth < 8 {
+                stack.push((e.path(), depth + 1));
+            }
         }
     }
     found

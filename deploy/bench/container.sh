@@ -72,6 +72,9 @@ tar -C "$ROOTFS" -c . | docker import - runner-bench-busybox >/dev/null
 
 OURS="$STEP --state $STATE_TMPFS --workspace $WORK/ws --rootfs $ROOTFS -- true"
 OURS_DISK="$STEP --state $WORK/state --workspace $WORK/ws --rootfs $ROOTFS -- true"
+# A runner is a long-lived process: 20 steps in one process, reported per step.
+REPEAT=20
+OURS_LOOP="$STEP --state $STATE_TMPFS --workspace $WORK/ws --rootfs $ROOTFS --repeat $REPEAT -- true"
 BWRAP="bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev --tmpfs /tmp /bin/true"
 UNSHARE="unshare --mount --pid --fork --net --uts --ipc chroot $ROOTFS /bin/true"
 RUNC="runc run --bundle $BUNDLE runner-bench-runc"
@@ -87,8 +90,9 @@ hf() {
 
 echo "bench: run 1 (all but crun)" >&2
 hf --export-json "$WORK/run1.json" \
-  -n ours -n ours-state-on-disk -n bwrap -n unshare-chroot -n runc -n podman -n docker \
-  "$OURS" "$OURS_DISK" "$BWRAP" "$UNSHARE" "$RUNC" "$PODMAN" "$DOCKER" >&2
+  -n ours -n ours-state-on-disk -n ours-in-process-x$REPEAT -n bwrap -n unshare-chroot -n runc \
+  -n podman -n docker \
+  "$OURS" "$OURS_DISK" "$OURS_LOOP" "$BWRAP" "$UNSHARE" "$RUNC" "$PODMAN" "$DOCKER" >&2
 
 # crun 1.8 refuses hosts whose cgroup v2 tree has any controller while v1 is mounted (hybrid).
 # There it runs in a private mount namespace without the v2 tree, with bwrap as the yardstick.
@@ -103,19 +107,26 @@ else
   hf --export-json "$WORK/run2.json" -n bwrap -n crun "$BWRAP" "$CRUN" >&2
 fi
 
-python3 - "$WORK/run1.json" "$WORK/run2.json" "$CRUN_NOTE" <<'PY'
+python3 - "$WORK/run1.json" "$WORK/run2.json" "$CRUN_NOTE" "$REPEAT" <<'PY'
 import json, statistics, sys
 run1 = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 run2 = {r["command"]: r for r in json.load(open(sys.argv[2]))["results"]}
 med = lambda r: statistics.median(r["times"]) * 1000
+cpu = lambda r: (r["user"] + r["system"]) * 1000  # hyperfine exports CPU times as means
+repeat = int(sys.argv[4])
 rows = {name: med(r) for name, r in run1.items()}
+cpus = {name: cpu(r) for name, r in run1.items()}
+loop = f"ours-in-process-x{repeat}"
+rows[f"ours-in-process (per step)"] = rows.pop(loop) / repeat
+cpus[f"ours-in-process (per step)"] = cpus.pop(loop) / repeat
 # crun through bwrap: crun_run2 / bwrap_run2 * bwrap_run1
 rows["crun"] = med(run2["crun"]) / med(run2["bwrap"]) * rows["bwrap"]
 ours = rows["ours"]
-print(f"| runtime | median ms | vs ours |")
-print(f"|---|---:|---:|")
+print(f"| runtime | median wall ms | vs ours | mean CPU ms (user+sys) |")
+print(f"|---|---:|---:|---:|")
 for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
-    print(f"| {name} | {ms:.1f} | {ms / ours:.2f}x |")
+    c = f"{cpus[name]:.1f}" if name in cpus else "-"
+    print(f"| {name} | {ms:.1f} | {ms / ours:.2f}x | {c} |")
 print()
 print(f"ours / bwrap = {ours / rows['bwrap']:.2f} (goal <= 1.5); runc / ours = {rows['runc'] / ours:.2f} (goal >= 3)")
 if sys.argv[3]:

@@ -83,13 +83,19 @@ digest=$(skopeo inspect --tls-verify=false --raw "docker://$ref" | sha256sum | c
 gz=$(du -m "$layout/blobs/sha256/"$(jq -r '.layers[0].digest' "$layout/blobs/sha256/$(jq -r '.manifests[0].digest' "$layout/index.json" | cut -d: -f2)" | cut -d: -f2) | cut -f1)
 echo "image: $ref (one gzip layer of $gz MB; rootfs tar $(du -m "$WORK/rootfs.tar" | cut -f1) MB)"
 
-# 4. Cold pulls, side by side.
+# 4. Cold pulls, side by side. The previous run's output is moved aside, not deleted: ext4
+#    skips recently deleted inodes when allocating (`recently_deleted()`), so creating 10k
+#    files right after deleting 10k costs seconds of kernel time and measures the benchmark's
+#    own cleanup rather than the tools. `sync` so no run pays for the previous one's writeback.
 data="$WORK/runner-data"
 sk="$WORK/skopeo-umoci"
+trash="$WORK/trash"
+rm -rf "$data" "$sk" "$trash" && mkdir -p "$trash"
+trap 'kill $reg_pid 2>/dev/null; wait $reg_pid 2>/dev/null || true; rm -rf "$trash"' EXIT
 hyperfine --style basic --runs "$RUNS" --warmup 1 --export-json "$WORK/cold.json" \
-  --prepare "rm -rf $data" -n "runner image pull (cold)" \
+  --prepare "mv $data $trash/r-\$(date +%s%N) 2>/dev/null; sync" -n "runner image pull (cold)" \
   "$RUNNER --data-dir $data image pull -q $ref" \
-  --prepare "rm -rf $sk" -n "skopeo copy + umoci unpack" \
+  --prepare "mv $sk $trash/s-\$(date +%s%N) 2>/dev/null; mkdir -p $sk && sync" -n "skopeo copy + umoci unpack" \
   "skopeo copy -q --src-tls-verify=false docker://$ref oci:$sk/oci:latest && umoci unpack --image $sk/oci:latest $sk/bundle"
 
 # 5. Warm pulls: the image is stored. A tag asks the registry (one HEAD); a digest does not.

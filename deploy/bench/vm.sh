@@ -20,10 +20,25 @@ trap 'rm -rf "$dir"' EXIT
 qemu=$(command -v qemu-system-x86_64)
 
 echo "== one-step \`true\` job (isolation vm) vs bare QEMU boot+poweroff, $runs runs each"
-hyperfine -N --warmup 1 --runs "$runs" --export-markdown "$dir/hf.md" \
+hyperfine -N --warmup 1 --runs "$runs" --export-markdown "$dir/hf.md" --export-json "$dir/hf.json" \
   -n "vm step (true)" "$bench $dir once" \
   -n "bare qemu boot" "xargs -d '\n' -a $dir/bare.args $qemu"
 cat "$dir/hf.md"
+grep -o '"median": [0-9.]*' "$dir/hf.json" | paste -sd' ' | sed 's/^/hyperfine medians (s), vm step then bare boot: /'
+
+# hyperfine runs all of one command, then all of the other; on a shared, noisy machine the load
+# drifts between the two halves. So also alternate them, run by run, and compare medians.
+echo "== alternating runs (wall ms: vm step, bare boot)"
+: > "$dir/alt.txt"
+for _ in $(seq "$runs"); do
+  t0=$(date +%s%N); "$bench" "$dir" once; t1=$(date +%s%N)
+  xargs -d '\n' -a "$dir/bare.args" "$qemu" 2>/dev/null; t2=$(date +%s%N)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))" >> "$dir/alt.txt"
+done
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+vm_med=$(cut -d' ' -f1 "$dir/alt.txt" | median)
+bare_med=$(cut -d' ' -f2 "$dir/alt.txt" | median)
+echo "median vm step ${vm_med} ms, bare boot ${bare_med} ms, ratio $(awk "BEGIN {printf \"%.2f\", $vm_med / $bare_med}")"
 
 echo "== breakdown"
 "$bench" "$dir" breakdown "$runs"

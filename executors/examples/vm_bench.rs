@@ -188,19 +188,19 @@ async fn main() {
         "breakdown" => {
             let exec = VmExecutor::new(config(&dir, 0), images).expect("executor");
             let mut totals = Vec::new();
-            let mut cols: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+            let mut cols: Vec<Vec<Duration>> = vec![Vec::new(); 6];
             for _ in 0..n {
                 let s = run_once(&exec, &ws, "true").await;
                 totals.push(s.total);
-                for (i, ms) in phases(&s.breakdown).into_iter().take(4).enumerate() {
+                for (i, ms) in phases(&s.breakdown).into_iter().take(6).enumerate() {
                     cols[i].push(Duration::from_millis(ms));
                 }
             }
             let m: Vec<u128> = cols.into_iter().map(|c| median(c).as_millis()).collect();
             println!(
-                "cold step `true`, median of {n}: total {} ms = prepare disk {} ms + boot to agent ready {} ms + run {} ms + shutdown {} ms (+ workspace restore, bookkeeping)",
+                "cold step `true`, median of {n}: total {} ms = prepare disk {} ms + boot to agent ready {} ms + run {} ms + shutdown {} ms (+ workspace restore, bookkeeping); guest clock: agent started at {} ms, ready at {} ms",
                 median(totals).as_millis(),
-                m[0], m[1], m[2], m[3]
+                m[0], m[1], m[2], m[3], m[4], m[5]
             );
         }
         "warm" => {

@@ -259,8 +259,8 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
         "{out}"
     );
     assert!(
-        out.contains("no-network"),
-        "network none has no way out: {out}"
+        out.contains("no-network") && err.contains("Network is unreachable"),
+        "network none has no way out: {out} {err}"
     );
     assert!(
         !ws.join("from-host.txt").exists(),

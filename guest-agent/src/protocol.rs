@@ -75,6 +75,9 @@ pub struct Hello {
     pub version: u32,
     /// Guest uptime when the agent became ready (from `/proc/uptime`), for boot breakdowns.
     pub uptime_ms: u64,
+    /// Guest uptime when the agent started as init: the kernel's share of the boot.
+    #[serde(default)]
+    pub init_ms: u64,
     /// `uname -r` of the guest kernel.
     pub kernel: String,
 }

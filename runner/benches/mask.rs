@@ -5,6 +5,9 @@
 //!
 //! Prints the median of 7 runs over 256 MiB of build-log-like text for each case.
 
+// The included files' unit tests are not part of a benchmark build.
+#![allow(unused_imports)]
+
 #[allow(dead_code)]
 #[path = "../src/mask.rs"]
 mod mask;

@@ -8,6 +8,7 @@
 //! `Stream::System` line in its log, so the local terminal and the coordinator's log both say
 //! why.
 
+pub mod setup;
 mod spec;
 mod step;
 #[cfg(test)]

@@ -52,7 +52,8 @@ fn repeated_vms_leave_no_fds_threads_or_memory_behind() {
     }
     assert_eq!(fds(), fds0, "file descriptors leaked");
     assert_eq!(threads(), threads0, "threads leaked");
-    // Ten leaked 512 MiB guests would add 5 GiB; allow allocator noise only.
+    // One leaked guest adds 512 MiB (ten would add 5 GiB). glibc may map a new 64 MiB malloc
+    // arena for the vCPU threads of a later VM, so allow a few arenas but less than one guest.
     let grown = vm_size_kb().saturating_sub(size0);
-    assert!(grown < 64 * 1024, "virtual size grew by {grown} kB");
+    assert!(grown < 256 * 1024, "virtual size grew by {grown} kB");
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! container-step --state DIR --workspace DIR [--rootfs DIR | --host] [--network none|host|bridge]
-//!                [--memory BYTES] [--pids N] [--timeout SECS] [--repeat N] -- SCRIPT
+//!                [--memory BYTES] [--pids N] [--timeout SECS] [--repeat N] [--job ID] -- SCRIPT
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,6 +24,7 @@ struct Args {
     resources: Resources,
     timeout: Duration,
     repeat: u32,
+    job: Option<String>,
     script: String,
 }
 
@@ -37,6 +38,7 @@ fn parse() -> Result<Args, String> {
         resources: Resources::default(),
         timeout: Duration::from_secs(3600),
         repeat: 1,
+        job: None,
         script: String::new(),
     };
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -61,6 +63,7 @@ fn parse() -> Result<Args, String> {
             "--pids" => a.resources.pids = Some(num(it.next(), "--pids")?),
             "--timeout" => a.timeout = Duration::from_secs(num(it.next(), "--timeout")?),
             "--repeat" => a.repeat = num(it.next(), "--repeat")? as u32,
+            "--job" => a.job = Some(it.next().ok_or("--job needs an id")?),
             "--" => {
                 a.script = it.collect::<Vec<_>>().join(" ");
                 break;
@@ -103,7 +106,10 @@ async fn run(args: Args) -> Result<u8, Box<dyn std::error::Error>> {
     };
     let exec = ContainerExecutor::new(ContainerConfig::new(&args.state, Arc::new(images)))?;
     let job = JobSpec {
-        id: format!("container-step-{}", std::process::id()),
+        id: args
+            .job
+            .clone()
+            .unwrap_or_else(|| format!("container-step-{}", std::process::id())),
         hostname: "step".into(),
         workspace: args.workspace.clone(),
     };

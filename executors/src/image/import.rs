@@ -44,6 +44,8 @@ impl ImageStore {
             reason,
         };
         let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        // Shared like a pull: `prune` must not clear the extraction dir under us.
+        let _shared = self.lock("store.lock", false).await?;
         let _extracted;
         let dir = if meta.is_dir() {
             path.to_path_buf()

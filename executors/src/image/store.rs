@@ -16,6 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -194,6 +195,10 @@ impl ImageStore {
     /// Open (creating if needed) the store at `root`, normally `<data-dir>/images`.
     pub fn open(root: impl Into<PathBuf>, config: RegistryConfig) -> Result<Self, StoreError> {
         let root = root.into();
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        // Layers hold set-uid binaries and device nodes of arbitrary images: no other user
+        // may reach them.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(io_err(&root))?;
         for sub in ["layers", "manifests", "refs", "tmp", "locks"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
@@ -481,7 +486,11 @@ impl ImageStore {
         })?
     }
 
-    async fn lock(&self, name: &str, exclusive: bool) -> Result<Flock<File>, StoreError> {
+    pub(crate) async fn lock(
+        &self,
+        name: &str,
+        exclusive: bool,
+    ) -> Result<Flock<File>, StoreError> {
         let path = self.root.join("locks").join(name);
         let p2 = path.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -508,7 +517,7 @@ impl ImageStore {
             reference: rec.digest.clone(),
             reason: e.to_string(),
         })?;
-        write_json(&self.manifest_path(&d), rec, &self.root.join("tmp"))
+        write_json(&self.manifest_path(&d), rec)
     }
 
     pub(crate) fn write_ref(
@@ -523,7 +532,7 @@ impl ImageStore {
             digest: digest.to_string(),
             updated: now(),
         };
-        write_json(&self.ref_path(&r.canonical()), &rec, &self.root.join("tmp"))
+        write_json(&self.ref_path(&r.canonical()), &rec)
     }
 
     /// Every stored image, by reference; images no reference names are listed once, unnamed.
@@ -806,10 +815,12 @@ fn read_dir_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, Sto
     Ok(out)
 }
 
-/// Write `value` to `path` atomically (temp file in `tmp`, then rename).
-fn write_json<T: Serialize>(path: &Path, value: &T, tmp: &Path) -> Result<(), StoreError> {
+/// Write `value` to `path` atomically: a temp file beside it (readers skip names not ending in
+/// `.json`), then rename.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let body = serde_json::to_vec_pretty(value).map_err(|e| io_err(path)(io::Error::other(e)))?;
-    let t = tempfile::NamedTempFile::new_in(tmp).map_err(io_err(tmp))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let t = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     fs::write(t.path(), body).map_err(io_err(t.path()))?;
     t.persist(path).map_err(|e| io_err(path)(e.error))?;
     Ok(())

@@ -23,6 +23,9 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
+/// Every syscall counts (they are slow in VMs): how many parent directories stay open.
+const PARENT_CACHE: usize = 16;
+
 /// overlayfs marks a directory whose lower contents are hidden with this xattr.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -61,9 +64,14 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<UnpackStats, UnpackErro
     })?;
     let mut u = Unpacker {
         root,
-        cache: None,
+        cache: Vec::with_capacity(PARENT_CACHE),
         dir_times: Vec::new(),
         chown: nix::unistd::geteuid().is_root(),
+        me: (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+        umask: current_umask(),
         stats: UnpackStats::default(),
         buf: vec![0u8; 256 * 1024],
     };
@@ -78,12 +86,16 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<UnpackStats, UnpackErro
 
 struct Unpacker {
     root: OwnedFd,
-    /// The last parent directory opened: tar streams list siblings together, so this saves
-    /// almost every path walk.
-    cache: Option<(PathBuf, Rc<OwnedFd>)>,
+    /// Recently used parent directories, most recent last: tar streams list a directory's
+    /// entries together, so this saves almost every path walk.
+    cache: Vec<(PathBuf, Rc<OwnedFd>)>,
     /// Directory mtimes, set at the end because creating children changes them.
     dir_times: Vec<(PathBuf, u64)>,
     chown: bool,
+    /// Our own uid/gid: files we create already have them, no chown needed.
+    me: (u32, u32),
+    /// The process umask, to know when the mode given at creation is already exact.
+    umask: u32,
     stats: UnpackStats,
     buf: Vec<u8>,
 }
@@ -168,10 +180,16 @@ impl Unpacker {
                         format!("is a symlink to {target:?}, which climbs out of the layer"),
                     ));
                 }
-                self.remove_existing(parent, &name)
-                    .map_err(|e| entry_err(&shown, e))?;
-                symlinkat(&target, parent, name.as_os_str())
-                    .map_err(|e| entry_err(&shown, e.into()))?;
+                let create = || symlinkat(&target, parent, name.as_os_str());
+                match create() {
+                    Err(Errno::EEXIST) => {
+                        self.remove_existing(parent, &name)
+                            .map_err(|e| entry_err(&shown, e))?;
+                        create()
+                    }
+                    other => other,
+                }
+                .map_err(|e| entry_err(&shown, e.into()))?;
                 self.lmeta(&parent_rel, &name, &meta, false, &shown)
             }
             tar::EntryType::Link => {
@@ -220,10 +238,16 @@ impl Unpacker {
                     u64::from(h.device_major().ok().flatten().unwrap_or(0)),
                     u64::from(h.device_minor().ok().flatten().unwrap_or(0)),
                 );
-                self.remove_existing(parent, &name)
-                    .map_err(|e| entry_err(&shown, e))?;
-                mknodat(parent, name.as_os_str(), sflag, meta.mode, dev)
-                    .map_err(|e| entry_err(&shown, e.into()))?;
+                let create = || mknodat(parent, name.as_os_str(), sflag, meta.mode, dev);
+                match create() {
+                    Err(Errno::EEXIST) => {
+                        self.remove_existing(parent, &name)
+                            .map_err(|e| entry_err(&shown, e))?;
+                        create()
+                    }
+                    other => other,
+                }
+                .map_err(|e| entry_err(&shown, e.into()))?;
                 self.lmeta(&parent_rel, &name, &meta, true, &shown)
             }
             other => Err(UnpackError::Unsupported {
@@ -243,8 +267,9 @@ impl Unpacker {
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let parent_rc = self.open_parent(&parent_rel, shown)?;
         let parent = parent_rc.as_fd();
-        match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => {}
+        let mode = Mode::from_bits_truncate(meta.mode.bits() & 0o777);
+        let created = match mkdirat(parent, name, mode) {
+            Ok(()) => true,
             Err(Errno::EEXIST) => {
                 let is_dir = nix::sys::stat::fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map(|st| {
@@ -254,15 +279,27 @@ impl Unpacker {
                 if !is_dir {
                     self.remove_existing(parent, name)
                         .map_err(|e| entry_err(shown, e))?;
-                    mkdirat(parent, name, Mode::from_bits_truncate(0o700))
-                        .map_err(|e| entry_err(shown, e.into()))?;
+                    mkdirat(parent, name, mode).map_err(|e| entry_err(shown, e.into()))?;
                 }
+                false
             }
             Err(e) => return Err(entry_err(shown, e.into())),
+        };
+        if !created || self.needs_chown(meta) || !self.mode_exact(meta) || !meta.xattrs.is_empty() {
+            let fd = openat(
+                parent,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| entry_err(shown, e.into()))?;
+            // An existing directory may have been made with defaults: always set its mode.
+            if !created {
+                fchmod(fd.as_fd(), meta.mode).map_err(|e| entry_err(shown, e.into()))?;
+            }
+            self.apply_meta(fd.as_fd(), meta, true)
+                .map_err(|e| entry_err(shown, e))?;
         }
-        let fd = self.reopen_dir(rel).map_err(|e| entry_err(shown, e))?;
-        self.apply_meta(fd.as_fd(), meta, true)
-            .map_err(|e| entry_err(shown, e))?;
         self.dir_times.push((rel.to_path_buf(), meta.mtime));
         Ok(())
     }
@@ -277,14 +314,27 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let parent_rc = self.open_parent(parent_rel, shown)?;
         let parent = parent_rc.as_fd();
-        self.remove_existing(parent, name)
-            .map_err(|e| entry_err(shown, e))?;
-        let fd = openat(
-            parent,
-            name,
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
+        let create = || {
+            openat(
+                parent,
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(meta.mode.bits() & 0o777),
+            )
+        };
+        // Create first; only a name already taken (later entries win) costs a removal.
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                self.remove_existing(parent, name)
+                    .map_err(|e| entry_err(shown, e))?;
+                create()
+            }
+            other => other,
+        }
         .map_err(|e| entry_err(shown, e.into()))?;
         let mut file = std::fs::File::from(fd);
         loop {
@@ -308,7 +358,8 @@ impl Unpacker {
     /// Owner, mode, xattrs through an open descriptor. The mode goes after the owner because
     /// chown clears set-uid bits.
     fn apply_meta(&self, fd: BorrowedFd<'_>, meta: &Meta, _dir: bool) -> io::Result<()> {
-        if self.chown {
+        let chowned = self.needs_chown(meta);
+        if chowned {
             fchownat(
                 fd,
                 "",
@@ -317,11 +368,24 @@ impl Unpacker {
                 AtFlags::AT_EMPTY_PATH,
             )?;
         }
-        fchmod(fd, meta.mode)?;
+        if chowned || !self.mode_exact(meta) {
+            fchmod(fd, meta.mode)?;
+        }
         for (k, v) in &meta.xattrs {
             set_xattr(fd, k, v)?;
         }
         Ok(())
+    }
+
+    fn needs_chown(&self, meta: &Meta) -> bool {
+        self.chown && (meta.uid, meta.gid) != self.me
+    }
+
+    /// Whether creating with `meta.mode` already gave exactly that mode: no special bits and
+    /// nothing the umask strips.
+    fn mode_exact(&self, meta: &Meta) -> bool {
+        let m = meta.mode.bits();
+        m & !0o777 == 0 && m & self.umask == 0
     }
 
     /// Owner (and mode, for device nodes) and mtime of something that cannot be opened:
@@ -336,7 +400,8 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let parent_rc = self.open_parent(parent_rel, shown)?;
         let parent = parent_rc.as_fd();
-        if self.chown {
+        let chowned = self.needs_chown(meta);
+        if chowned {
             fchownat(
                 parent,
                 name,
@@ -346,7 +411,7 @@ impl Unpacker {
             )
             .map_err(|e| entry_err(shown, e.into()))?;
         }
-        if chmod {
+        if chmod && (chowned || !self.mode_exact(meta)) {
             // Not a symlink (checked by the caller), so following is harmless.
             fchmodat(parent, name, meta.mode, FchmodatFlags::FollowSymlink)
                 .map_err(|e| entry_err(shown, e.into()))?;
@@ -363,7 +428,7 @@ impl Unpacker {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(Errno::EISDIR) => {
                 // A cached descriptor may point into what goes away.
-                self.cache = None;
+                self.cache.clear();
                 unlinkat(parent, name, UnlinkatFlags::RemoveDir).map_err(|e| match e {
                     Errno::ENOTEMPTY => io::Error::other("would replace a non-empty directory"),
                     e => e.into(),
@@ -374,16 +439,20 @@ impl Unpacker {
     }
 
     fn open_parent(&mut self, rel: &Path, shown: &str) -> Result<Rc<OwnedFd>, UnpackError> {
-        if let Some((p, fd)) = &self.cache {
-            if p == rel {
-                return Ok(fd.clone());
-            }
+        if let Some(i) = self.cache.iter().rposition(|(p, _)| p == rel) {
+            let hit = self.cache.remove(i);
+            let fd = hit.1.clone();
+            self.cache.push(hit);
+            return Ok(fd);
         }
         let fd = Rc::new(
             self.resolve(rel, true)
                 .map_err(|e| self.resolve_err(shown, e))?,
         );
-        self.cache = Some((rel.to_path_buf(), fd.clone()));
+        if self.cache.len() == PARENT_CACHE {
+            self.cache.remove(0);
+        }
+        self.cache.push((rel.to_path_buf(), fd.clone()));
         Ok(fd)
     }
 
@@ -449,13 +518,36 @@ impl Unpacker {
     fn finish_dirs(&mut self) {
         // Deepest first is not needed: setting a directory's own mtime does not touch its
         // parent's. Failures only lose a timestamp, so they are ignored.
+        let how = || {
+            OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
+        };
         for (rel, mtime) in std::mem::take(&mut self.dir_times) {
-            if let Ok(fd) = self.reopen_dir(&rel) {
+            let path: &Path = if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &rel
+            };
+            if let Ok(fd) = openat2(self.root.as_fd(), path, how()) {
                 let t = TimeSpec::new(mtime as i64, 0);
                 let _ = futimens(fd.as_fd(), &t, &t);
             }
         }
     }
+}
+
+/// The umask, read without changing it (`umask(2)` can only set, and is process-wide).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        // Unknown: assume the worst, so every mode is set explicitly.
+        .unwrap_or(0o777)
 }
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {

@@ -83,6 +83,33 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The trailer the kernel's `sign-file` appends to a signed module.
+const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// A module without its appended signature. The guest kernel does not enforce signatures
+/// (`CONFIG_MODULE_SIG_FORCE` is off in Debian's build, and the guest never boots in lockdown),
+/// and checking one (SHA-256 over the whole module, then RSA) is slow under TCG. The modules'
+/// integrity is the host's business: they come from the kernel package the set-up unpacked.
+fn strip_signature(mut ko: Vec<u8>) -> Vec<u8> {
+    let Some(body) = ko.len().checked_sub(SIG_MAGIC.len()) else {
+        return ko;
+    };
+    if &ko[body..] != SIG_MAGIC || body < 12 {
+        return ko;
+    }
+    // struct module_signature: algo, hash, id_type, signer_len, key_id_len, pad[3], sig_len (BE).
+    let info = &ko[body - 12..body];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    let extra = sig_len + info[3] as usize + info[4] as usize;
+    match (body - 12).checked_sub(extra) {
+        Some(end) => {
+            ko.truncate(end);
+            ko
+        }
+        None => ko,
+    }
+}
+
 /// `wanted` and their dependencies, dependencies first; modules already in `skip` (or built
 /// in) are left out.
 fn load_order(
@@ -136,6 +163,7 @@ pub fn initramfs(kernel: &GuestKernel, agent: &Path, cache_dir: &Path) -> Result
     agent_bytes.hash(&mut h);
     kernel.release.hash(&mut h);
     BOOT_MODULES.hash(&mut h);
+    "unsigned-modules".hash(&mut h);
     NET_MODULES.hash(&mut h);
     let path = cache_dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
     if path.exists() {
@@ -156,7 +184,7 @@ pub fn initramfs(kernel: &GuestKernel, agent: &Path, cache_dir: &Path) -> Result
     entries.push(Entry::file("init", 0o755, agent_bytes));
     let mut order = String::new();
     for (name, p) in &boot {
-        let data = fs::read(p).map_err(|e| VmError::io(p, e))?;
+        let data = strip_signature(fs::read(p).map_err(|e| VmError::io(p, e))?);
         entries.push(Entry::file(&format!("lib/modules/{name}.ko"), 0o644, data));
         order.push_str(&format!("{name}.ko\n"));
     }
@@ -166,7 +194,7 @@ pub fn initramfs(kernel: &GuestKernel, agent: &Path, cache_dir: &Path) -> Result
         order.into_bytes(),
     ));
     for (name, p) in &net {
-        let data = fs::read(p).map_err(|e| VmError::io(p, e))?;
+        let data = strip_signature(fs::read(p).map_err(|e| VmError::io(p, e))?);
         entries.push(Entry::file(
             &format!("lib/modules/net/{name}.ko"),
             0o644,
@@ -230,6 +258,24 @@ fn write_cpio(path: &Path, entries: Vec<Entry>) -> Result<(), VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_an_appended_module_signature() {
+        let mut ko = b"\x7fELF module body".to_vec();
+        let body_len = ko.len();
+        ko.extend_from_slice(b"SIGNERKEYIDsignature-bytes");
+        // algo, hash, id_type, signer_len=6, key_id_len=5, pad, sig_len=15.
+        ko.extend_from_slice(&[0, 0, 2, 6, 5, 0, 0, 0, 0, 0, 0, 15]);
+        ko.extend_from_slice(SIG_MAGIC);
+        assert_eq!(strip_signature(ko).len(), body_len);
+        let unsigned = b"\x7fELF plain".to_vec();
+        assert_eq!(strip_signature(unsigned.clone()), unsigned);
+        // A corrupt trailer leaves the module alone rather than cutting it apart.
+        let mut bad = b"short".to_vec();
+        bad.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0xff, 0, 0, 0]);
+        bad.extend_from_slice(SIG_MAGIC);
+        assert_eq!(strip_signature(bad.clone()), bad);
+    }
 
     #[test]
     fn reads_depends_from_modinfo() {

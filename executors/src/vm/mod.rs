@@ -127,17 +127,22 @@ pub struct Breakdown {
     pub run: Duration,
     pub shutdown: Duration,
     pub warm: bool,
+    /// Guest uptime when the agent started and when it was ready (guest clock).
+    pub guest_init: Duration,
+    pub guest_ready: Duration,
 }
 
 impl Breakdown {
     pub fn line(&self) -> String {
         format!(
-            "vm: prepare disk {} ms, boot {} ms{}, run {} ms, shutdown {} ms\n",
+            "vm: prepare disk {} ms, boot {} ms{}, run {} ms, shutdown {} ms (guest: init at {} ms, agent ready at {} ms)\n",
             self.prepare_disk.as_millis(),
             self.boot.as_millis(),
             if self.warm { " (warm pool)" } else { "" },
             self.run.as_millis(),
-            self.shutdown.as_millis()
+            self.shutdown.as_millis(),
+            self.guest_init.as_millis(),
+            self.guest_ready.as_millis(),
         )
     }
 }
@@ -400,8 +405,6 @@ impl Executor for VmExecutor {
                 }
             }
         };
-        // Keep the pool full for the next step (a pool VM is used once).
-        self.pool.refill(&self.inner, &spec);
 
         let ws_tar = pack
             .await
@@ -409,6 +412,7 @@ impl Executor for VmExecutor {
             .map_err(|e| {
                 VmError::Workspace(format!("packing {}: {e}", job.job.workspace.display()))
             })?;
+        let guest = ready.hello.clone();
         let run = Run {
             argv: argv(step.shell, &step.script),
             env: step_env(&image, step),
@@ -430,6 +434,11 @@ impl Executor for VmExecutor {
                 .map_err(|e| ExecutorError::Backend(format!("vm: restore task: {e}")))?
                 .map_err(|e| VmError::Workspace(format!("restoring the workspace: {e}")))?;
         }
+        bd.guest_init = Duration::from_millis(guest.init_ms);
+        bd.guest_ready = Duration::from_millis(guest.uptime_ms);
+        // Top the pool up for the next step (a pool VM is used once). Only now: booting it
+        // while this step runs would take CPU from the step itself.
+        self.pool.refill(&self.inner, &spec);
         let _ = output.send(LogChunk::new(Stream::System, bd.line())).await;
         tracing::debug!(step = %step.name, "{}", bd.line().trim_end());
         let exit = outcome.exit.unwrap_or(guest_agent::protocol::Exit {

@@ -9,7 +9,6 @@
 //! `runner exec` removes it if this one was killed.
 
 mod interrupt;
-mod sandbox;
 mod schedule;
 mod secrets;
 mod snapshot;
@@ -68,16 +67,24 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     if stale > 0 {
         tracing::info!("removed {stale} workspace(s) left by runs that died");
     }
-    let executors = sandbox::executors(ctx).await?;
-    if executors.vm.is_none() {
-        if let Some((job, step)) = vm_step(&plan) {
-            anyhow::bail!(
-                "step '{step}' of job '{job}' asks for isolation: vm, but no VM executor is \
-                 available here (see `runner doctor`); use --isolation container to run it in a \
-                 container instead"
-            );
-        }
+    let config = crate::config::Config::load(&ctx.paths.config_file)?;
+    let vm_step = vm_step(&plan);
+    let built = jobrun::setup::build(&ctx.paths, &config, vm_step.is_some()).await?;
+    if !built.reconciled.is_empty() {
+        tracing::info!(
+            "removed {} sandbox(es) left by a runner that died",
+            built.reconciled.len()
+        );
     }
+    if let (Some((job, step)), None) = (vm_step, &built.executors.vm) {
+        anyhow::bail!(
+            "step '{step}' of job '{job}' asks for isolation: vm, but the VM executor is not \
+             available here: {} (see `runner doctor`; --isolation container runs every step in \
+             a container instead)",
+            built.vm_unavailable.as_deref().unwrap_or("unknown reason")
+        );
+    }
+    let executors = built.executors;
 
     let cancel = CancellationToken::new();
     let interrupts = interrupt::Interrupts::watch(cancel.clone())?;

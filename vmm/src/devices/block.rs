@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::desc::split::Descriptor;
@@ -27,6 +28,9 @@ const SECTOR: u64 = 512;
 const ID_LEN: usize = 20;
 /// Largest single data buffer we copy at once (Linux sends at most a few hundred KiB).
 const MAX_BUFFER: u32 = 16 << 20;
+/// Data segments per request we accept (`seg_max`): lets the driver send large reads as one
+/// request instead of one request per page.
+const SEG_MAX: u32 = 126;
 
 /// Errors opening the disk.
 #[derive(Debug, Error)]
@@ -70,14 +74,18 @@ impl Block {
         })
     }
 
-    /// Feature bits offered: virtio 1.x, read-only.
+    /// Feature bits offered: virtio 1.x, read-only, a segment limit.
     pub fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_RO)
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_RO) | (1 << VIRTIO_BLK_F_SEG_MAX)
     }
 
-    /// The configuration space: capacity in sectors (the only field we offer).
-    pub fn config(&self) -> [u8; 8] {
-        self.sectors.to_le_bytes()
+    /// The configuration space (`struct virtio_blk_config` up to `seg_max`): capacity in
+    /// sectors, `size_max` (unused: not offered), `seg_max`.
+    pub fn config(&self) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..8].copy_from_slice(&self.sectors.to_le_bytes());
+        c[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c
     }
 
     /// Serves one request made of `descs`; returns how many bytes were written to the guest
@@ -85,7 +93,11 @@ impl Block {
     pub fn handle(&self, mem: &GuestMemory, descs: &[Descriptor]) -> Option<u32> {
         let (header, rest) = descs.split_first()?;
         let (status, data) = rest.split_last()?;
-        if header.is_write_only() || header.len() < 16 || !status.is_write_only() {
+        if header.is_write_only()
+            || header.len() < 16
+            || !status.is_write_only()
+            || data.len() > SEG_MAX as usize
+        {
             return None;
         }
         let kind: u32 = mem.read_obj(header.addr()).ok()?;
@@ -176,7 +188,8 @@ mod tests {
     fn reads_sectors_into_guest_buffers() {
         let image: Vec<u8> = (0..4 * 512).map(|i| (i / 512) as u8 + 1).collect();
         let (_f, blk) = disk(&image);
-        assert_eq!(blk.config(), 4u64.to_le_bytes());
+        assert_eq!(blk.config()[..8], 4u64.to_le_bytes());
+        assert_eq!(blk.config()[12..], SEG_MAX.to_le_bytes());
         assert_ne!(blk.features() & (1 << VIRTIO_BLK_F_RO), 0);
         let mem = crate::memory::allocate(2).unwrap();
         let descs = request(&mem, VIRTIO_BLK_T_IN, 2, 1024);

@@ -65,6 +65,8 @@ pub struct Printer<W: Write> {
     /// Job ids, padded to the same width.
     labels: Vec<String>,
     steps: Vec<Vec<String>>,
+    /// Jobs with `allow_failure`, whose failure is reported as allowed.
+    allowed: Vec<bool>,
     partial: HashMap<(usize, usize, StreamKey), (SystemTime, Vec<u8>)>,
     /// When each running step started, for `--timestamps`.
     started: HashMap<(usize, usize), SystemTime>,
@@ -108,6 +110,7 @@ impl<W: Write> Printer<W> {
                 .iter()
                 .map(|j| j.steps.iter().map(|s| s.name.clone()).collect())
                 .collect(),
+            allowed: plan.jobs.iter().map(|j| j.allow_failure).collect(),
             partial: HashMap::new(),
             started: HashMap::new(),
         }
@@ -210,12 +213,20 @@ impl<W: Write> Printer<W> {
                 self.line(job, None, "↻", &text);
             }
             Notice::Finished { job, status } => {
+                let allowed = self.allowed.get(job).copied().unwrap_or(false)
+                    && matches!(status, JobStatus::Failed | JobStatus::TimedOut);
                 let code = match status {
                     JobStatus::Success => GREEN,
                     JobStatus::Skipped => YELLOW,
+                    _ if allowed => YELLOW,
                     _ => RED,
                 };
-                let text = self.style.paint(code, &format!("job {}", status.as_str()));
+                let text = format!(
+                    "job {}{}",
+                    status_word(status),
+                    if allowed { " (allowed to fail)" } else { "" }
+                );
+                let text = self.style.paint(code, &text);
                 self.line(job, None, "■", &text);
             }
         }
@@ -334,7 +345,7 @@ pub fn summary(plan: &Plan, outcomes: &[JobOutcome], style: Style, elapsed: Dura
         for (i, step) in job.steps.iter().enumerate() {
             let (status, took, code) = match o.results.get(i) {
                 Some(r) => {
-                    let allowed = !r.success() && step.continue_on_error;
+                    let allowed = !r.success() && (step.continue_on_error || job.allow_failure);
                     let code = if r.success() {
                         GREEN
                     } else if allowed {
@@ -400,15 +411,20 @@ pub fn summary(plan: &Plan, outcomes: &[JobOutcome], style: Style, elapsed: Dura
     let ok = count(&|o, _| o.status == JobStatus::Success);
     let failed = count(&|o, j| is_failure(o.status) && !j.allow_failure);
     let allowed = count(&|o, j| is_failure(o.status) && j.allow_failure);
+    let cancelled = count(&|o, _| o.status == JobStatus::Cancelled);
     let skipped = count(&|o, _| o.status == JobStatus::Skipped);
     let mut parts = vec![format!("{ok} succeeded"), format!("{failed} failed")];
     if allowed > 0 {
         parts.push(format!("{allowed} failed (allowed)"));
     }
+    if cancelled > 0 {
+        parts.push(format!("{cancelled} cancelled"));
+    }
     parts.push(format!("{skipped} skipped"));
+    let n = plan.jobs.len();
     out.push_str(&format!(
-        "{} jobs: {} in {}\n",
-        plan.jobs.len(),
+        "{n} {}: {} in {}\n",
+        if n == 1 { "job" } else { "jobs" },
         parts.join(", "),
         duration(elapsed)
     ));
