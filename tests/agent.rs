@@ -539,3 +539,35 @@ fn sigterm_lets_the_running_job_finish_and_cancel_stops_one() {
     a.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(a.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_second_sigint_cancels_running_jobs_and_the_agent_exits() {
+    let s = Server::start(30.0);
+    let mut a = Agent::register(&s, 1);
+    a.start();
+    let p = project(&SLOW.replace("seq 1 150", "seq 1 5000"));
+    let run = submit(&s, p.path(), &[]);
+    wait_run(&s, run, Duration::from_secs(30), |v| {
+        v["jobs"][0]["state"] == "running"
+    });
+    a.signal(nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    // The first SIGINT only stops polling: the job keeps running.
+    assert_eq!(
+        rt().block_on(Http::new(&s.url).run(&s.admin, run))["jobs"][0]["state"],
+        "running"
+    );
+    let t = Instant::now();
+    a.signal(nix::sys::signal::Signal::SIGINT);
+    let v = wait_run(&s, run, Duration::from_secs(20), |v| {
+        v["state"] != "running"
+    });
+    assert_eq!(v["jobs"][0]["state"], "cancelled", "{v:#}\n{}", a.log());
+    assert!(
+        a.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(a.leftovers().is_empty(), "{:?}", a.leftovers());
+}
