@@ -328,6 +328,37 @@ jobs:
 }
 
 #[test]
+fn a_job_timeout_kills_its_step_and_fails_the_run() {
+    let nap = format!("{}", 5000 + std::process::id() % 997);
+    let p = Project::new(&format!(
+        r#"
+name: e2e
+defaults:
+  image: host
+jobs:
+  slow:
+    timeout: 2s
+    steps:
+      - name: hang
+        run: |
+          trap '' TERM
+          sleep {nap} &
+          sleep {nap}
+      - name: after
+        run: echo after-step-ran
+"#
+    ));
+    let start = Instant::now();
+    let r = p.exec(&[]);
+    assert!(start.elapsed() < Duration::from_secs(20), "{r}");
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stdout.contains("slow ✗ hang · timed out"), "{r}");
+    assert!(r.stdout.contains("job timed out"), "{r}");
+    assert!(!r.stdout.contains("after-step-ran"), "{r}");
+    assert_no_leftovers(p.data.path(), Some(&nap));
+}
+
+#[test]
 fn bind_workspace_lets_jobs_change_the_checkout() {
     let p = Project::new(
         r#"
@@ -449,6 +480,130 @@ jobs:
     assert_no_leftovers(p.data.path(), Some(&nap));
     let cgroups = sandbox_cgroups(pid.as_raw());
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+}
+
+/// Start `runner exec` and wait until a line containing `marker` appears on its stdout.
+/// Returns the child and a reader thread that collects the rest of stdout.
+fn start_until(
+    p: &Project,
+    args: &[&str],
+    marker: &str,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut child = p.command(args).spawn().expect("start runner");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) if l.contains(marker) => return (child, reader),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{marker:?} never appeared:\n{}", reader.join().unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_run_on_the_same_data_dir_leaves_a_live_run_alone() {
+    let p = Project::new(
+        r#"
+name: e2e
+defaults:
+  image: host
+jobs:
+  long:
+    steps:
+      - name: wait
+        run: echo started; sleep 3; echo survived
+"#,
+    );
+    let (first, reader) = start_until(&p, &[], "│ started");
+    // A second run starts up (reconciling what dead runs left) while the first is mid-step.
+    let second = Project {
+        src: tempfile::tempdir().unwrap(),
+        data: tempfile::TempDir::new().unwrap(),
+    };
+    std::fs::write(
+        second.src.path().join(".runner.yml"),
+        "name: b\njobs:\n  quick:\n    steps:\n      - name: s\n        image: host\n        run: echo quick\n",
+    )
+    .unwrap();
+    let mut c = second.command(&[]);
+    c.arg("--data-dir").arg(p.data.path());
+    let r = wait(c.spawn().unwrap(), LIMIT);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let out = wait_child(first);
+    let text = reader.join().unwrap();
+    assert_eq!(out, Some(0), "{text}");
+    assert!(text.contains("long │ survived"), "{text}");
+}
+
+#[test]
+fn a_killed_run_is_cleaned_up_by_the_next_start() {
+    let nap = format!("{}", 4000 + std::process::id() % 997);
+    let p = Project::new(&format!(
+        r#"
+name: e2e
+defaults:
+  image: host
+jobs:
+  long:
+    steps:
+      - name: wait
+        run: echo started; sleep {nap}
+"#
+    ));
+    let (mut first, reader) = start_until(&p, &[], "│ started");
+    let pid = first.id() as i32;
+    first.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.wait().unwrap();
+    let _ = reader.join();
+    assert!(
+        !sandbox_cgroups(pid).is_empty() || !processes_with_arg(&nap).is_empty(),
+        "the killed run left nothing to clean up, so this test would prove nothing"
+    );
+    // The next run on the same data dir removes all of it before running its own jobs.
+    std::fs::write(
+        p.src.path().join(".runner.yml"),
+        "name: b\njobs:\n  quick:\n    steps:\n      - name: s\n        image: host\n        run: echo quick\n",
+    )
+    .unwrap();
+    let r = p.exec(&[]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_no_leftovers(p.data.path(), Some(&nap));
+    let cgroups = sandbox_cgroups(pid);
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+}
+
+fn wait_child(mut child: std::process::Child) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("runner exec did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Nothing of a finished run survives: no mount under the data dir, no process of the step,

@@ -63,20 +63,40 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
         source.display()
     );
 
-    let stale = workspace::reconcile(&ctx.paths.data_dir)?;
+    // What runs that died left: their sandboxes first (processes, cgroups, mounts), then
+    // their workspaces. Each run keeps its sandbox records in its own run directory, so this
+    // never touches a run that is still alive.
+    let mut sandboxes = 0;
+    let stale = workspace::reconcile(&ctx.paths.data_dir, |dir| {
+        let state = dir.join(CONTAINER_STATE);
+        if state.exists() {
+            sandboxes += jobrun::setup::reconcile_container_state(&state)?.len();
+        }
+        Ok(())
+    })?;
     if stale > 0 {
-        tracing::info!("removed {stale} workspace(s) left by runs that died");
+        tracing::info!("removed {stale} run(s) and {sandboxes} sandbox(es) left by runs that died");
     }
+    let run_id = new_run_id();
+    let run_dir = RunDir::create(&ctx.paths.data_dir, &run_id)?;
     let config = crate::config::Config::load(&ctx.paths.config_file)?;
     let vm_step = vm_step(&plan);
-    let built = jobrun::setup::build(&ctx.paths, &config, vm_step.is_some()).await?;
-    if !built.reconciled.is_empty() {
-        tracing::info!(
-            "removed {} sandbox(es) left by a runner that died",
-            built.reconciled.len()
-        );
-    }
+    let built = jobrun::setup::build(
+        &ctx.paths,
+        &config,
+        &run_dir.path.join(CONTAINER_STATE),
+        vm_step.is_some(),
+    )
+    .await;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = run_dir.remove();
+            return Err(e);
+        }
+    };
     if let (Some((job, step)), None) = (vm_step, &built.executors.vm) {
+        let _ = run_dir.remove();
         anyhow::bail!(
             "step '{step}' of job '{job}' asks for isolation: vm, but the VM executor is not \
              available here: {} (see `runner doctor`; --isolation container runs every step in \
@@ -90,6 +110,8 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let interrupts = interrupt::Interrupts::watch(cancel.clone())?;
     let setup = Setup {
         data_dir: ctx.paths.data_dir.clone(),
+        run_dir,
+        run_id,
         source,
         bind: args.bind_workspace,
         parallel: args
@@ -163,9 +185,15 @@ fn exit_code(plan: &Plan, outcomes: &[JobOutcome]) -> u8 {
     u8::from(failed)
 }
 
+/// Where, inside a run's directory, the container executor keeps its sandbox records.
+const CONTAINER_STATE: &str = "sandboxes";
+
 /// Everything a run needs besides the plan and the executors.
 pub(crate) struct Setup {
     pub data_dir: PathBuf,
+    /// This run's locked directory (workspaces, sandbox records), and its id.
+    pub run_dir: RunDir,
+    pub run_id: String,
     pub source: PathBuf,
     pub bind: bool,
     pub parallel: usize,
@@ -182,8 +210,7 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
     cancel: CancellationToken,
 ) -> anyhow::Result<(Vec<JobOutcome>, W)> {
     let started = Instant::now();
-    let run_id = new_run_id();
-    let run_dir = RunDir::create(&setup.data_dir, &run_id)?;
+    let (run_dir, run_id) = (setup.run_dir, setup.run_id);
     let (tx, mut rx) = mpsc::channel::<Message>(1024);
     let style = setup.style;
     let mut printer = Printer::new(out, style, plan);

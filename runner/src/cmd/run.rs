@@ -30,7 +30,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         .map_err(|_| anyhow::anyhow!("--poll-wait must be a non-negative number of seconds"))?;
     // The same executors as `runner exec`; sandboxes a killed agent left are removed first.
     let want_vm = agent_cfg.isolations.iter().any(|i| i == "vm");
-    let built = crate::jobrun::setup::build(&ctx.paths, &cfg, want_vm).await?;
+    // One agent per data dir: its container state dir is its own, so reconciling it at start-up
+    // removes only what a previous (killed) agent left.
+    let container_state = ctx.paths.state().join("agent-container");
+    let built = crate::jobrun::setup::build(&ctx.paths, &cfg, &container_state, want_vm).await?;
     if !built.reconciled.is_empty() {
         tracing::info!(sandboxes = ?built.reconciled, "removed sandboxes a previous agent left");
     }

@@ -2,10 +2,11 @@
 //! store, the container executor (reconciled: what a killed runner left is removed first) and,
 //! when wanted and possible, the VM executor. Shared by `runner exec` and the agent.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use executors::container::{ContainerConfig, ContainerExecutor};
+use executors::container::{ContainerConfig, ContainerExecutor, LocalDirImages};
 use executors::image::store::ImageStore;
 use executors::vm::VmExecutor;
 use executors::ImageProvider;
@@ -23,14 +24,21 @@ pub struct Built {
     pub reconciled: Vec<String>,
 }
 
-/// Build the executors. `want_vm`: also start the VM executor (it prepares a guest
-/// initramfs, so it is only built when a step may need it).
-pub async fn build(paths: &Paths, config: &Config, want_vm: bool) -> anyhow::Result<Built> {
+/// Build the executors. `container_state`: the container executor's state directory, owned
+/// by this process alone (reconciling it removes every sandbox recorded there).
+/// `want_vm`: also start the VM executor (it prepares a guest initramfs, so it is only built
+/// when a step may need it).
+pub async fn build(
+    paths: &Paths,
+    config: &Config,
+    container_state: &Path,
+    want_vm: bool,
+) -> anyhow::Result<Built> {
     let images: Arc<dyn ImageProvider> = Arc::new(
         ImageStore::open(paths.images(), config.registries.clone())
             .with_context(|| format!("cannot open the image store {}", paths.images().display()))?,
     );
-    let mut cfg = ContainerConfig::new(paths.state().join("container"), images.clone());
+    let mut cfg = ContainerConfig::new(container_state, images.clone());
     // `image: host` steps must not see the runner's own data (images, other jobs' workspaces,
     // state) nor its config (tokens).
     cfg.masked_paths = vec![paths.data_dir.clone()];
@@ -59,4 +67,14 @@ pub async fn build(paths: &Paths, config: &Config, want_vm: bool) -> anyhow::Res
         vm_unavailable,
         reconciled,
     })
+}
+
+/// Tear down every sandbox recorded in the container state directory `dir` of a runner that
+/// died (processes, cgroups, mounts, veths). Returns their names.
+pub fn reconcile_container_state(dir: &Path) -> anyhow::Result<Vec<String>> {
+    // Only the state matters here: no image is resolved while reconciling.
+    let cfg = ContainerConfig::new(dir, Arc::new(LocalDirImages::new()));
+    let exec = ContainerExecutor::new(cfg).context("cannot start the container executor")?;
+    exec.reconcile()
+        .with_context(|| format!("cannot remove the sandboxes recorded in {}", dir.display()))
 }

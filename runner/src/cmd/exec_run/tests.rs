@@ -15,8 +15,11 @@ struct Run {
 }
 
 async fn go(plan: &Plan, source: &Path, data: &Path, bind: bool, secrets: &[(&str, &str)]) -> Run {
+    let run_id = new_run_id();
     let setup = Setup {
         data_dir: data.to_path_buf(),
+        run_dir: RunDir::create(data, &run_id).unwrap(),
+        run_id,
         source: source.to_path_buf(),
         bind,
         parallel: 2,

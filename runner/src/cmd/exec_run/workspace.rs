@@ -64,8 +64,13 @@ pub fn exec_root(data_dir: &Path) -> PathBuf {
     data_dir.join("exec")
 }
 
-/// Remove what runs that died left behind. Returns how many run directories were removed.
-pub fn reconcile(data_dir: &Path) -> anyhow::Result<usize> {
+/// Remove what runs that died left behind. `before_remove` is called with each dead run's
+/// directory first, while this process holds its lock (to tear down its sandboxes). Returns
+/// how many run directories were removed.
+pub fn reconcile(
+    data_dir: &Path,
+    mut before_remove: impl FnMut(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
     let root = exec_root(data_dir);
     let entries = match fs::read_dir(&root) {
         Ok(e) => e,
@@ -86,6 +91,7 @@ pub fn reconcile(data_dir: &Path) -> anyhow::Result<usize> {
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
         };
         if stale {
+            before_remove(&path)?;
             super::snapshot::unmount_under(&path)
                 .and_then(|()| remove_tree(&path))
                 .with_context(|| format!("cannot remove stale run {}", path.display()))?;
@@ -241,7 +247,13 @@ mod tests {
         fs::write(dead.join("lock"), b"").unwrap();
         // A read-only directory a step left behind must not stop the clean-up.
         fs::set_permissions(dead.join("job0-0/sub"), fs::Permissions::from_mode(0o500)).unwrap();
-        assert_eq!(reconcile(data.path()).unwrap(), 1);
+        let mut seen = Vec::new();
+        let removed = reconcile(data.path(), |p| {
+            seen.push(p.to_path_buf());
+            Ok(())
+        });
+        assert_eq!(removed.unwrap(), 1);
+        assert_eq!(seen, vec![dead.clone()]);
         assert!(!dead.exists());
         assert!(live.path.exists());
         live.remove().unwrap();
@@ -262,7 +274,7 @@ mod tests {
         fs::write(dead.join("lock"), b"").unwrap();
         let ws = super::super::snapshot::mount_snapshot(src.path(), &dead.join("job0-1")).unwrap();
         assert!(ws.join("precious").exists());
-        assert_eq!(reconcile(data.path()).unwrap(), 1);
+        assert_eq!(reconcile(data.path(), |_| Ok(())).unwrap(), 1);
         assert!(!dead.exists());
         assert!(super::super::snapshot::mounts_under(data.path())
             .unwrap()
