@@ -626,3 +626,36 @@ jobs:
     );
     assert_eq!(v["state"], "success", "{v:#}");
 }
+
+#[test]
+fn a_job_handed_over_during_shutdown_is_run_not_dropped() {
+    let s = Server::start(30.0);
+    let mut a = Agent::register(&s, 1);
+    a.start();
+    // Let the agent settle into its long poll (2 s), then stop it and submit at once: the job
+    // arrives on the request already in flight (GitLab Runner issue 39847 loses it there).
+    std::thread::sleep(Duration::from_millis(700));
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    let p = project(&SLOW.replace("seq 1 150", "seq 1 10"));
+    let run = submit(&s, p.path(), &[]);
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        a.log()
+    );
+    let v = rt().block_on(Http::new(&s.url).run(&s.admin, run));
+    let state = v["jobs"][0]["state"].as_str().unwrap();
+    // Either the in-flight request brought the job and it ran to the end, or the request had
+    // already ended and the job is still queued for another runner; never half-taken.
+    assert!(
+        state == "success" || state == "pending",
+        "job left {state} by a stopping agent: {v:#}\n{}",
+        a.log()
+    );
+    if state == "success" {
+        let log = stored_log(&s, v["jobs"][0]["id"].as_i64().unwrap());
+        assert!(String::from_utf8_lossy(&log).contains("tick 10"));
+    } else {
+        println!("NOTE: the agent's request had ended before the job was queued");
+    }
+}
