@@ -539,3 +539,123 @@ fn sigterm_lets_the_running_job_finish_and_cancel_stops_one() {
     a.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(a.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_second_sigint_cancels_running_jobs_and_the_agent_exits() {
+    let s = Server::start(30.0);
+    let mut a = Agent::register(&s, 1);
+    a.start();
+    let p = project(&SLOW.replace("seq 1 150", "seq 1 5000"));
+    let run = submit(&s, p.path(), &[]);
+    wait_run(&s, run, Duration::from_secs(30), |v| {
+        v["jobs"][0]["state"] == "running"
+    });
+    a.signal(nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(500));
+    // The first SIGINT only stops polling: the job keeps running.
+    assert_eq!(
+        rt().block_on(Http::new(&s.url).run(&s.admin, run))["jobs"][0]["state"],
+        "running"
+    );
+    let t = Instant::now();
+    a.signal(nix::sys::signal::Signal::SIGINT);
+    let v = wait_run(&s, run, Duration::from_secs(20), |v| {
+        v["state"] != "running"
+    });
+    assert_eq!(v["jobs"][0]["state"], "cancelled", "{v:#}\n{}", a.log());
+    assert!(
+        a.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        a.log()
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(a.leftovers().is_empty(), "{:?}", a.leftovers());
+}
+
+#[test]
+fn concurrent_jobs_run_at_once_and_retry_and_allow_failure_are_honoured() {
+    let s = Server::start(30.0);
+    let mut a = Agent::register(&s, 2);
+    a.start();
+    let p = project(
+        r#"
+name: policy
+jobs:
+  one:
+    steps:
+      - image: host
+        run: sleep 1.5; echo one
+  two:
+    steps:
+      - image: host
+        run: sleep 1.5; echo two
+  flaky:
+    needs: [one, two]
+    retry: 1
+    allow_failure: true
+    steps:
+      - image: host
+        run: echo "try"; exit 3
+  after:
+    needs: [flaky]
+    steps:
+      - image: host
+        run: echo after
+"#,
+    );
+    let run = submit(&s, p.path(), &[]);
+    // Both independent jobs are running at the same time on the one agent (concurrent = 2).
+    wait_run(&s, run, Duration::from_secs(30), |v| {
+        v["jobs"][0]["state"] == "running" && v["jobs"][1]["state"] == "running"
+    });
+    let v = wait_run(&s, run, Duration::from_secs(50), |v| {
+        v["state"] != "running"
+    });
+    let jobs = v["jobs"].as_array().unwrap();
+    let flaky = jobs.iter().find(|j| j["name"] == "flaky").unwrap();
+    assert_eq!(flaky["state"], "failed", "{v:#}");
+    assert_eq!(
+        flaky["attempt"], 2,
+        "retry: 1 gives a second attempt: {v:#}"
+    );
+    assert_eq!(flaky["steps"][0]["exit_code"], 3);
+    let after = jobs.iter().find(|j| j["name"] == "after").unwrap();
+    assert_eq!(
+        after["state"], "success",
+        "allow_failure lets dependents run: {v:#}"
+    );
+    assert_eq!(v["state"], "success", "{v:#}");
+}
+
+#[test]
+fn a_job_handed_over_during_shutdown_is_run_not_dropped() {
+    let s = Server::start(30.0);
+    let mut a = Agent::register(&s, 1);
+    a.start();
+    // Let the agent settle into its long poll (2 s), then stop it and submit at once: the job
+    // arrives on the request already in flight (GitLab Runner issue 39847 loses it there).
+    std::thread::sleep(Duration::from_millis(700));
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    let p = project(&SLOW.replace("seq 1 150", "seq 1 10"));
+    let run = submit(&s, p.path(), &[]);
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        a.log()
+    );
+    let v = rt().block_on(Http::new(&s.url).run(&s.admin, run));
+    let state = v["jobs"][0]["state"].as_str().unwrap();
+    // Either the in-flight request brought the job and it ran to the end, or the request had
+    // already ended and the job is still queued for another runner; never half-taken.
+    assert!(
+        state == "success" || state == "pending",
+        "job left {state} by a stopping agent: {v:#}\n{}",
+        a.log()
+    );
+    if state == "success" {
+        let log = stored_log(&s, v["jobs"][0]["id"].as_i64().unwrap());
+        assert!(String::from_utf8_lossy(&log).contains("tick 10"));
+    } else {
+        println!("NOTE: the agent's request had ended before the job was queued");
+    }
+}

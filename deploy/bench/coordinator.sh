@@ -46,7 +46,9 @@ jobs:
     steps:
       - name: tick
         image: host
-        run: for i in $(seq 1 300); do echo "ts $(date +%s%N)"; sleep 0.02; done
+        # The pause lets `runner logs -f` (started right after submit) connect first: lines
+        # printed before anyone watches arrive as a backlog and would measure CLI start-up.
+        run: sleep 2; for i in $(seq 1 300); do echo "ts $(date +%s%N)"; sleep 0.02; done
 YAML
 run=$("$R" submit "$work/src/.runner.yml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 "$R" logs "$run/tick" -f | python3 -c '
@@ -56,6 +58,9 @@ for line in sys.stdin:
     parts = line.split()
     if len(parts) >= 2 and parts[-2] == "ts" and parts[-1].isdigit():
         lat.append((time.time_ns() - int(parts[-1])) / 1e6)
+slow = [(i, round(x)) for i, x in enumerate(lat) if x > 100]
+if slow:
+    print(f"lines slower than 100 ms (index, ms): {slow}")
 lat.sort()
 if not lat:
     sys.exit("no timestamped lines seen")

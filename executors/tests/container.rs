@@ -549,7 +549,7 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
     let workspace = tmp.path().join("ws");
     std::fs::create_dir(&workspace).unwrap();
     let base = 3_000_000 + (std::process::id() % 1000) * 65536;
-    std::os::unix::fs::chown(&workspace, Some(base), Some(base)).unwrap();
+    std::fs::write(workspace.join("from-host"), "x").unwrap();
     let mut config = ContainerConfig::new(
         tmp.path().join("state"),
         Arc::new(LocalDirImages::new().with(IMAGE, &rootfs)),
@@ -571,7 +571,8 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
     let out = f
         .run(f.step(
             "id -u; cat /proc/self/uid_map; echo hi > /workspace/made; \
-             echo x > /tmp/t && echo tmp-ok; echo $$",
+             echo x > /tmp/t && echo tmp-ok; echo $$; stat -c %u /etc/passwd; \
+             echo added >> /etc/passwd && echo etc-ok; stat -c %u /workspace/from-host",
         ))
         .await;
     assert!(out.result.success(), "{} {}", out.stdout, out.stderr);
@@ -581,11 +582,19 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
     assert_eq!(map, ["0", &base.to_string(), "65536"]);
     assert_eq!(lines[2], "tmp-ok");
     assert_eq!(lines[3], "1");
-    // Outside, the step's root is the unprivileged host uid.
-    assert_eq!(
-        std::fs::metadata(workspace.join("made")).unwrap().uid(),
-        base
+    // Image layers are idmapped: host root's files belong to the step's root, which can
+    // change them (in its upper dir only).
+    assert_eq!(lines[4], "0");
+    assert_eq!(lines[5], "etc-ok");
+    assert!(
+        !std::fs::read_to_string(f.tmp.path().join("rootfs/etc/passwd"))
+            .unwrap()
+            .contains("added")
     );
+    // The workspace is idmapped too: host root's files are the step's root's, and what the
+    // step writes lands on the host as root's, as without a user namespace.
+    assert_eq!(lines[6], "0");
+    assert_eq!(std::fs::metadata(workspace.join("made")).unwrap().uid(), 0);
     f.assert_clean().await;
 }
 

@@ -277,7 +277,7 @@ async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
 
     let (r, out, _, _) = run(
         &f,
-        &step("echo started; sleep 120", Duration::from_secs(2)),
+        &step("echo started; sleep 120", Duration::from_secs(5)),
         CancellationToken::new(),
     )
     .await;
@@ -351,14 +351,17 @@ async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
     let (r, out, _, sys) = run(
         &f,
         &step(
-            "echo warm > w.txt; cat /proc/uptime",
+            "echo warm > w.txt; head -c 300000 /dev/zero | tr '\\0' x",
             Duration::from_secs(60),
         ),
         CancellationToken::new(),
     )
     .await;
-    assert!(r.unwrap().success(), "{out}");
+    assert!(r.unwrap().success(), "{}", &out[..out.len().min(200)]);
     assert!(sys.contains("(warm pool)"), "{sys}");
+    // Output of some size streams through intact.
+    assert_eq!(out.len(), 300_000);
+    assert!(out.bytes().all(|b| b == b'x'));
     assert_eq!(
         std::fs::read_to_string(f.job.job.workspace.join("w.txt")).unwrap(),
         "warm\n"
@@ -496,4 +499,86 @@ async fn container_vm_container_share_the_workspace() {
     container.cleanup(&cjob).await.unwrap();
     vm.cleanup(&vjob).await.unwrap();
     assert!(qemu_processes(tmp.path()).is_empty());
+}
+
+/// A runner killed with SIGKILL cannot clean up: its VMs must die with it anyway (QEMU runs
+/// with PR_SET_PDEATHSIG). The test re-runs itself as the "runner" and kills that process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_takes_its_vm_along() {
+    const CHILD: &str = "RUNNER_VM_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let f = fixture(0).await;
+        println!("DATA={}", f.dir.path().display());
+        let (tx, mut rx) = mpsc::channel::<LogChunk>(16);
+        let printer = tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                print!("{}", String::from_utf8_lossy(&c.data));
+            }
+        });
+        let s = step("echo step-started; sleep 120", Duration::from_secs(300));
+        let _ = f
+            .exec
+            .run_step(&f.job, &s, tx, CancellationToken::new())
+            .await;
+        let _ = printer.await;
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_runner_takes_its_vm_along",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut data = None;
+    for line in reader.lines() {
+        let line = line.unwrap();
+        // libtest may print "test <name> ... " on the same line first.
+        if let Some(i) = line.find("DATA=") {
+            data = Some(PathBuf::from(line[i + 5..].trim()));
+        }
+        if line.contains("step-started") {
+            break;
+        }
+    }
+    let data = data.expect("child printed its data dir");
+    assert_eq!(qemu_processes(&data).len(), 1, "the child's VM runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !qemu_processes(&data).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(qemu_processes(&data).is_empty(), "QEMU outlived its runner");
+    // The child's temp dir is its own leftover (it never got to clean up); remove it here.
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// What fails inside the guest comes back as a clear error, and the VM is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_inside_the_guest_is_reported_with_its_reason() {
+    let f = fixture(0).await;
+    let mut s = step("true", Duration::from_secs(60));
+    s.workdir = "/proc/sys/kernel/nope".into(); // mkdir fails in the guest.
+    let (r, _, _, _) = run(&f, &s, CancellationToken::new()).await;
+    match r {
+        Err(ExecutorError::Backend(msg)) => {
+            assert!(
+                msg.contains("guest agent") && msg.contains("create workspace"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected the agent's error, got {other:?}"),
+    }
+    assert!(qemu_processes(f.dir.path()).is_empty());
 }

@@ -64,6 +64,26 @@ async fn pull_ls_rm_prune() {
     let o = runner(d, &["image", "pull", &reference]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("0 downloaded"));
 
+    // On a terminal: one progress bar per layer (`script` gives the pull a pty).
+    let tty_data = d.join("tty");
+    let cmd = format!(
+        "{} --data-dir {} image pull {reference}",
+        env!("CARGO_BIN_EXE_runner"),
+        tty_data.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DOCKER_CONFIG", d.join("no-docker"))
+        .output()
+        .expect("run script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    let layer = image.layers[0].digest();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        shown.contains(&layer["sha256:".len().."sha256:".len() + 12]) && shown.contains("done"),
+        "{shown}"
+    );
+
     let o = runner(d, &["image", "ls"]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&reference),
@@ -188,9 +208,8 @@ async fn import_docker_save_and_oci_layout() {
     let layer = busybox_layer().unwrap();
     let image = TestImage::new(vec![Layer::new(layer.clone(), Compression::None)]);
     let config = image.config_json();
-    let manifest = format!(
-        r#"[{{"Config":"config.json","RepoTags":["saved/busybox:1"],"Layers":["abc/layer.tar"]}}]"#
-    );
+    let manifest =
+        r#"[{"Config":"config.json","RepoTags":["saved/busybox:1"],"Layers":["abc/layer.tar"]}]"#;
     let mut b = LayerBuilder::new();
     b.file("manifest.json", 0o644, manifest.as_bytes())
         .file("config.json", 0o644, &config)
@@ -249,4 +268,39 @@ async fn import_docker_save_and_oci_layout() {
         &["image", "import", d.join("junk.tar").to_str().unwrap()],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[tokio::test]
+async fn two_processes_pulling_at_once_download_once() {
+    let registry = TestRegistry::start().unwrap();
+    let mut extra = LayerBuilder::new();
+    extra.file("etc/motd", 0o644, b"two processes\n");
+    let image = TestImage::new(vec![
+        Layer::new(busybox_layer().unwrap(), Compression::Gzip),
+        Layer::new(extra.finish(), Compression::Zstd),
+    ]);
+    push(registry.addr(), "shared:v1", &image, None)
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let reference = format!("{}/shared:v1", registry.addr());
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("--data-dir")
+            .arg(d)
+            .args(["image", "pull", &reference])
+            .env("DOCKER_CONFIG", d.join("no-docker"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    for l in &image.layers {
+        assert_eq!(registry.blob_gets(&l.digest()), 1, "{}", registry.log());
+    }
 }

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 mod child;
+mod idmap;
 pub mod images;
 mod logs;
 pub mod mounts;
@@ -159,6 +160,8 @@ pub struct ContainerExecutor {
     seccomp: Arc<Vec<BpfProgram>>,
     last_cap: u32,
     counter: AtomicU64,
+    /// With `userns`: the namespace carrying the mapping, for idmapped layers.
+    mapping: Option<idmap::MappingNs>,
 }
 
 impl ContainerExecutor {
@@ -179,7 +182,13 @@ impl ContainerExecutor {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);
+        let mapping = config
+            .userns
+            .as_ref()
+            .map(idmap::MappingNs::new)
+            .transpose()?;
         Ok(ContainerExecutor {
+            mapping,
             config,
             state,
             cgroups,

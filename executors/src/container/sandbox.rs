@@ -112,13 +112,36 @@ impl ContainerExecutor {
         let (errout_r, errout_w) = pipe()?;
         let devnull =
             std::fs::File::open("/dev/null").map_err(ContainerError::io("/dev/null".as_ref()))?;
+        // The bind source must be absolute and free of symlinks a step could swap.
+        let mut workspace =
+            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
+        // User namespace: the layers become idmapped mounts under the sandbox dir, present
+        // in the child's copy of our mount namespace and unmounted from ours after the clone.
+        // The workspace too, so that host root's files there are the step's root's, and what
+        // the step writes lands on the host as root's, as without a user namespace.
+        let mut idmapped = Vec::new();
+        let mut rootfs = rootfs;
+        if let Some(mapping) = &self.mapping {
+            let mut sources = rootfs.layers.clone();
+            sources.push(workspace.clone());
+            for (i, source) in sources.iter().enumerate() {
+                let target = dir.join(format!("{}{i}", super::state::LOWER_PREFIX));
+                std::fs::create_dir(&target).map_err(ContainerError::io(&target))?;
+                // Recorded before mounting: a failure unmounts what is there.
+                idmapped.push(target.clone());
+                mapping.mount_idmapped(source, &target)?;
+            }
+            workspace = idmapped.pop().unwrap_or(workspace);
+            rootfs.layers = idmapped.clone();
+            idmapped.push(workspace.clone());
+        }
         let plan = self.plan(
             job,
             step,
             &rootfs,
             [&sync_r, &err_w, &out_w, &errout_w].map(|f| f.as_raw_fd()),
             devnull.as_raw_fd(),
-            (&upper, &work, &merged),
+            (&upper, &work, &merged, &workspace),
         )?;
         let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -139,6 +162,9 @@ impl ContainerExecutor {
         let pid = spawned.pid;
         guard.pid = Some(pid);
         drop((sync_r, err_w, out_w, errout_w, devnull));
+        for target in &idmapped {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
         guard.record.pid = Some(pid.as_raw());
         guard.record.pid_start = start_time(pid.as_raw());
         let veth = veth_name(&name);
@@ -212,15 +238,12 @@ impl ContainerExecutor {
         rootfs: &Rootfs,
         [sync_fd, err_fd, stdout_fd, stderr_fd]: [RawFd; 4],
         stdin_fd: RawFd,
-        (upper, work, merged): (&PathBuf, &PathBuf, &PathBuf),
+        (upper, work, merged, workspace): (&PathBuf, &PathBuf, &PathBuf, &Path),
     ) -> Result<ChildPlan, ContainerError> {
         let mut masked = self.config.masked_paths.clone();
         masked.push(self.config.state_dir.clone());
-        // The bind source must be absolute and free of symlinks a step could swap.
-        let workspace =
-            std::fs::canonicalize(&job.workspace).map_err(ContainerError::io(&job.workspace))?;
         let ops = tree(&TreeSpec {
-            workspace: &workspace,
+            workspace,
             workdir: &step.workdir,
             host_image: rootfs.host,
             masked: &masked,

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{cgroup, network, ContainerError};
 
 const RECORD: &str = "sandbox.json";
+/// Mount points of idmapped layers inside a sandbox dir: `lower-0`, `lower-1`, ...
+pub const LOWER_PREFIX: &str = "lower-";
 
 /// What one sandbox holds on the host.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -90,6 +92,11 @@ impl StateDir {
             let _ = std::fs::remove_file(lease);
         }
         let dir = self.sandbox_dir(&record.name);
+        // Idmapped layers are mounted under the sandbox dir until the clone: never delete
+        // through a mount into an image layer.
+        if dir.join(format!("{LOWER_PREFIX}0")).exists() {
+            unmount_below(&dir);
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

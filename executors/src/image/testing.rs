@@ -2,7 +2,7 @@
 //! registry (Debian's `docker-registry`) on 127.0.0.1, layer tarballs built in memory, images
 //! pushed with `oci-client`, and a ready busybox image.
 //!
-//! ```ignore
+//! ```text
 //! let (registry, reference) = executors::image::testing::serve_busybox().await?;
 //! // reference = "127.0.0.1:<port>/busybox:latest"; the registry stops when dropped.
 //! ```

@@ -453,6 +453,11 @@ async fn rm_and_prune_keep_shared_layers() {
     assert!(!s.layer_dir(&one.layers[1].digest()).exists());
     assert!(s.lookup(&r2).unwrap().is_some());
     assert!(s.lookup(&r1).unwrap().is_none());
+    let never = s
+        .pull(&r1, PullPolicy::Never, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(never, StoreError::NotPresent(_)), "{never}");
     let ls = s.list().unwrap();
     assert_eq!(ls.len(), 1);
     assert_eq!(ls[0].reference.as_deref(), Some(r2.as_str()));

@@ -384,7 +384,7 @@ impl Unpacker {
     /// Whether creating with `meta.mode` already gave exactly that mode: no special bits and
     /// nothing the umask strips.
     fn mode_exact(&self, meta: &Meta) -> bool {
-        let m = meta.mode.bits() as u32;
+        let m = meta.mode.bits();
         m & !0o777 == 0 && m & self.umask == 0
     }
 

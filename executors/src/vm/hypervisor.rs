@@ -2,6 +2,15 @@
 //! [`VmSpec`] and hands back the agent channel as a byte stream plus a way to kill the VM;
 //! everything above (protocol, workspace, pool) is shared. QEMU is one backend; the in-process
 //! microVM (`vmm/`) is meant to be another.
+//!
+//! What the guest agent expects of a backend (see `docs/vm-protocol.md`):
+//! - boot `kernel` with `initramfs` and the command line the backend builds plus
+//!   `VmSpec::cmdline`; the agent is `/init`.
+//! - the root disk read-only at `/dev/vda` (override: `runner.root=/dev/...`) behind virtio-mmio
+//!   or virtio-pci (the initramfs carries `virtio_mmio`, `virtio_blk`, `virtio_console`).
+//! - one byte stream to the agent: a virtio-serial port named `runner`, or any device named
+//!   with `runner.chan=` (e.g. `/dev/ttyS1`, a second 8250 UART: the agent sets it raw).
+//! - the VM ends when the guest powers off or resets (`panic=-1` makes a panic a reset).
 
 use std::path::PathBuf;
 

@@ -204,6 +204,13 @@ pub fn initramfs(kernel: &GuestKernel, agent: &Path, cache_dir: &Path) -> Result
     let tmp = cache_dir.join(format!(".initramfs-{}.tmp", std::process::id()));
     write_cpio(&tmp, entries)?;
     fs::rename(&tmp, &path).map_err(|e| VmError::io(&path, e))?;
+    // Initramfs files of earlier agents or kernels are dead weight now.
+    for e in fs::read_dir(cache_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("initramfs-") && name.ends_with(".cpio") && e.path() != path {
+            let _ = fs::remove_file(e.path());
+        }
+    }
     Ok(path)
 }
 

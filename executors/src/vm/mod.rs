@@ -422,8 +422,19 @@ impl Executor for VmExecutor {
             workspace: true,
         };
         let t = Instant::now();
-        let outcome =
-            session::run(ready, &run, Some(ws_tar), &output, step.timeout, &cancel).await?;
+        let outcome = session::run(
+            ready,
+            &run,
+            Some(ws_tar),
+            &output,
+            session::Limits {
+                timeout: step.timeout,
+                // Tar headers and padding on top of at most the guest's RAM.
+                max_workspace: usize::try_from(spec.memory_mib << 21).unwrap_or(usize::MAX),
+            },
+            &cancel,
+        )
+        .await?;
         let finished = outcome.finished_at.unwrap_or_else(Instant::now);
         bd.run = finished - t;
         bd.shutdown = finished.elapsed();

@@ -141,17 +141,25 @@ pub struct Outcome {
     pub finished_at: Option<Instant>,
 }
 
+/// Limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    /// Largest workspace tar accepted back from the guest.
+    pub max_workspace: usize,
+}
+
 /// Run one step on `vm`, then kill the VM (it is used once).
 pub async fn run(
     mut vm: ReadyVm,
     run: &Run,
     workspace: Option<Vec<u8>>,
     output: &mpsc::Sender<LogChunk>,
-    timeout: Duration,
+    limits: Limits,
     cancel: &CancellationToken,
 ) -> Result<Outcome, VmError> {
     let mut out = Outcome::default();
-    let result = drive(&mut vm, run, workspace, output, timeout, cancel, &mut out).await;
+    let result = drive(&mut vm, run, workspace, output, limits, cancel, &mut out).await;
     vm.control.kill().await;
     match result {
         Err(VmError::Channel(msg)) => Err(VmError::Channel(format!(
@@ -167,10 +175,14 @@ async fn drive(
     run: &Run,
     workspace: Option<Vec<u8>>,
     output: &mpsc::Sender<LogChunk>,
-    timeout: Duration,
+    limits: Limits,
     cancel: &CancellationToken,
     out: &mut Outcome,
 ) -> Result<(), VmError> {
+    let Limits {
+        timeout,
+        max_workspace,
+    } = limits;
     let writer = &mut vm.writer;
     let send = async move {
         let mut buf = Vec::new();
@@ -211,7 +223,16 @@ async fn drive(
                         let stream = if kind == Kind::Stdout { Stream::Stdout } else { Stream::Stderr };
                         let _ = output.send(LogChunk::new(stream, payload)).await;
                     }
-                    Kind::WorkspaceOut => ws_out.extend_from_slice(&payload),
+                    Kind::WorkspaceOut => {
+                        // The guest's workspace lives in its RAM: a larger stream is a guest
+                        // trying to exhaust the host's memory.
+                        if ws_out.len() + payload.len() > max_workspace {
+                            return Err(VmError::Workspace(format!(
+                                "the guest sent more than {max_workspace} bytes of workspace"
+                            )));
+                        }
+                        ws_out.extend_from_slice(&payload)
+                    }
                     Kind::WorkspaceOutEnd => out.workspace = Some(std::mem::take(&mut ws_out)),
                     Kind::Exit => {
                         out.exit = Some(protocol::decode(Kind::Exit, &payload).map_err(|e| VmError::Channel(e.to_string()))?);

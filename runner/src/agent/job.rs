@@ -150,6 +150,12 @@ async fn execute(
     let outcome = jobrun::run_job(&agent.executors, req, tx, ctl.cancel.clone()).await;
     writer.await??;
     let (status, results) = outcome?;
+    tracing::info!(
+        job = p.id,
+        status = status.as_str(),
+        steps = results.len(),
+        "job ran"
+    );
     let steps: Vec<StepReport> = results
         .iter()
         .enumerate()

@@ -8,7 +8,6 @@
 //! `cancelled`.
 
 pub mod client;
-pub mod executors;
 pub mod job;
 pub mod render;
 pub mod spool;

@@ -23,11 +23,12 @@ pub struct SpoolMeta {
     pub token: String,
 }
 
-#[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     file: std::fs::File,
     size: AtomicU64,
+    /// sha256 of the log so far, kept while appending so the final checksum needs no re-read.
+    hasher: std::sync::Mutex<sha2::Sha256>,
     /// Fires after every append.
     pub notify: Notify,
 }
@@ -39,6 +40,15 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
         .append(true)
         .mode(0o600)
         .open(path)
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .field("size", &self.size())
+            .finish()
+    }
 }
 
 impl Spool {
@@ -63,15 +73,16 @@ impl Spool {
             .map_err(std::io::Error::other)?;
         let file = private_file(&dir.join("log"))?;
         let size = file.metadata()?.len();
-        Ok((
-            meta,
-            Spool {
-                dir,
-                file,
-                size: AtomicU64::new(size),
-                notify: Notify::new(),
-            },
-        ))
+        let spool = Spool {
+            dir,
+            file,
+            size: AtomicU64::new(size),
+            hasher: std::sync::Mutex::new(sha2::Digest::new()),
+            notify: Notify::new(),
+        };
+        // A spool reopened after a restart: hash what it already holds.
+        let (_, _) = spool.checksum_by_reading()?;
+        Ok((meta, spool))
     }
 
     pub fn dir(&self) -> &Path {
@@ -86,8 +97,12 @@ impl Spool {
         if data.is_empty() {
             return Ok(());
         }
+        // One writer per job; the lock keeps the hash and the length in step.
+        let mut h = self.hasher.lock().unwrap_or_else(|p| p.into_inner());
         (&self.file).write_all(data)?;
+        sha2::Digest::update(&mut *h, data);
         self.size.fetch_add(data.len() as u64, Ordering::AcqRel);
+        drop(h);
         self.notify.notify_waiters();
         Ok(())
     }
@@ -103,6 +118,17 @@ impl Spool {
     /// `sha256:<hex>` and length of the whole log.
     pub fn checksum(&self) -> std::io::Result<(String, u64)> {
         use sha2::Digest as _;
+        let h = self.hasher.lock().unwrap_or_else(|p| p.into_inner());
+        let size = self.size();
+        Ok((
+            format!("sha256:{}", hex::encode(h.clone().finalize())),
+            size,
+        ))
+    }
+
+    /// Hashes the file from disk (and resets the running hash to it).
+    fn checksum_by_reading(&self) -> std::io::Result<(String, u64)> {
+        use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
         let size = self.size();
         let mut off = 0u64;
@@ -113,6 +139,7 @@ impl Spool {
             h.update(&buf[..n]);
             off += n as u64;
         }
+        *self.hasher.lock().unwrap_or_else(|p| p.into_inner()) = h.clone();
         Ok((format!("sha256:{}", hex::encode(h.finalize())), size))
     }
 

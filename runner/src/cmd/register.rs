@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use super::remote::list;
+use super::remote::out;
 use super::Context;
 use crate::agent::client::Client;
 use crate::config::{AgentConfig, Config};
@@ -83,7 +84,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         concurrent: args.concurrent,
     };
     write_agent_section(cfg_path, Some(&agent))?;
-    println!(
+    out!(
         "registered runner {} ({}); config written to {}",
         agent.id,
         agent.name,
@@ -106,7 +107,7 @@ pub async fn unregister(ctx: &Context, args: UnregisterArgs) -> anyhow::Result<u
         )?;
     }
     write_agent_section(cfg_path, None)?;
-    println!(
+    out!(
         "runner {} unregistered; {} updated",
         agent.id,
         cfg_path.display()

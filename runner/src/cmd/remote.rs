@@ -131,3 +131,13 @@ pub fn key_value(s: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
+
+/// `println!` that stops quietly when stdout is closed (`runner runs ls | head`) instead of
+/// panicking on the broken pipe.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use out;

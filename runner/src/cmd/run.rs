@@ -28,7 +28,20 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     };
     let poll_wait = Duration::try_from_secs_f64(args.poll_wait)
         .map_err(|_| anyhow::anyhow!("--poll-wait must be a non-negative number of seconds"))?;
-    let executors = crate::agent::executors::build(ctx, &cfg, &agent_cfg.isolations)?;
+    // The same executors as `runner exec`; sandboxes a killed agent left are removed first.
+    let want_vm = agent_cfg.isolations.iter().any(|i| i == "vm");
+    // One agent per data dir: its container state dir is its own, so reconciling it at start-up
+    // removes only what a previous (killed) agent left.
+    let container_state = ctx.paths.state().join("agent-container");
+    let built = crate::jobrun::setup::build(&ctx.paths, &cfg, &container_state, want_vm).await?;
+    if !built.reconciled.is_empty() {
+        tracing::info!(sandboxes = ?built.reconciled, "removed sandboxes a previous agent left");
+    }
+    if let Some(why) = built.vm_unavailable {
+        // Jobs with VM steps then fail with a clear reason in their log.
+        tracing::warn!(reason = %why, "no VM executor on this host");
+    }
+    let executors = built.executors;
     let agent = Arc::new(Agent::new(
         agent_cfg,
         executors,

@@ -1,5 +1,6 @@
 //! `runner runners ls|pause|resume|rm` (coordinator admin).
 
+use super::remote::out;
 use super::remote::{send, Remote, RemoteArgs};
 use super::Context;
 use crate::protocol::RunnerView;
@@ -40,15 +41,20 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
             let r = Remote::new(ctx, &remote)?;
             let list: Vec<RunnerView> = send(r.get("/api/v1/runners")).await?.json().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(0);
             }
-            println!(
+            out!(
                 "{:<5} {:<20} {:<8} {:<4} {:<8} {:<18} LABELS",
-                "ID", "NAME", "STATUS", "JOBS", "CONCUR", "ISOLATIONS"
+                "ID",
+                "NAME",
+                "STATUS",
+                "JOBS",
+                "CONCUR",
+                "ISOLATIONS"
             );
             for x in list {
-                println!(
+                out!(
                     "{:<5} {:<20} {:<8} {:<4} {:<8} {:<18} {}",
                     x.id,
                     x.name,
@@ -62,15 +68,15 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
         }
         Command::Pause { id, remote } => {
             send(Remote::new(ctx, &remote)?.post(&format!("/api/v1/runners/{id}/pause"))).await?;
-            println!("runner {id} paused");
+            out!("runner {id} paused");
         }
         Command::Resume { id, remote } => {
             send(Remote::new(ctx, &remote)?.post(&format!("/api/v1/runners/{id}/resume"))).await?;
-            println!("runner {id} resumed");
+            out!("runner {id} resumed");
         }
         Command::Rm { id, remote } => {
             send(Remote::new(ctx, &remote)?.delete(&format!("/api/v1/runners/{id}"))).await?;
-            println!("runner {id} removed");
+            out!("runner {id} removed");
         }
     }
     Ok(0)

@@ -1,5 +1,6 @@
 //! `runner runs ls|show|cancel`.
 
+use super::remote::out;
 use super::remote::{send, Remote, RemoteArgs};
 use super::Context;
 use crate::protocol::RunView;
@@ -34,9 +35,13 @@ pub enum Command {
 }
 
 fn print_run(r: &RunView, jobs: bool) {
-    println!(
+    out!(
         "run {:<5} {:<10} {} ({} on {})",
-        r.id, r.state, r.name, r.event, r.branch
+        r.id,
+        r.state,
+        r.name,
+        r.event,
+        r.branch
     );
     if !jobs {
         return;
@@ -52,7 +57,7 @@ fn print_run(r: &RunView, jobs: bool) {
         } else {
             String::new()
         };
-        println!(
+        out!(
             "  job {:<5} {:<10} {}{attempt}{reason}",
             j.id,
             j.state.as_str(),
@@ -63,7 +68,7 @@ fn print_run(r: &RunView, jobs: bool) {
                 .exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into());
-            println!(
+            out!(
                 "      step {:<24} exit {code:<4} {:.2}s",
                 s.name,
                 s.duration_ms as f64 / 1000.0
@@ -85,7 +90,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
                 .json()
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+                out!("{}", serde_json::to_string_pretty(&runs)?);
             } else {
                 for run in &runs {
                     print_run(run, false);
@@ -99,7 +104,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
                 .json()
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_run(&v, true);
             }

@@ -3,6 +3,7 @@
 
 use std::io::Read as _;
 
+use super::remote::out;
 use super::remote::{send, Remote, RemoteArgs};
 use super::Context;
 
@@ -40,18 +41,18 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
                 }
             }
             send(r.put(&format!("/api/v1/secrets/{name}")).body(value)).await?;
-            println!("secret {name} set");
+            out!("secret {name} set");
         }
         Command::Ls { remote } => {
             let r = Remote::new(ctx, &remote)?;
             let names: Vec<String> = send(r.get("/api/v1/secrets")).await?.json().await?;
             for n in names {
-                println!("{n}");
+                out!("{n}");
             }
         }
         Command::Rm { name, remote } => {
             send(Remote::new(ctx, &remote)?.delete(&format!("/api/v1/secrets/{name}"))).await?;
-            println!("secret {name} removed");
+            out!("secret {name} removed");
         }
     }
     Ok(0)

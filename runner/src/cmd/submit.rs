@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use super::remote::out;
 use super::remote::{key_value, send_checked, Remote, RemoteArgs};
 use super::Context;
 use crate::protocol::{SubmitMeta, SubmitResponse};
@@ -89,12 +90,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     }
     let resp: SubmitResponse = send_checked(resp).await?.json().await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        out!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(0);
     }
-    println!("run {}", resp.id);
+    out!("run {}", resp.id);
     for j in &resp.jobs {
-        println!("  {:<6} {:<10} {}", j.id, j.state.as_str(), j.name);
+        out!("  {:<6} {:<10} {}", j.id, j.state.as_str(), j.name);
     }
     Ok(0)
 }

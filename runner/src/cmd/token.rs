@@ -1,5 +1,6 @@
 //! `runner token create`: registration tokens for new runners (coordinator admin).
 
+use super::remote::out;
 use super::remote::{list, send, Remote, RemoteArgs};
 use super::Context;
 use crate::protocol::{TokenRequest, TokenResponse};
@@ -34,6 +35,6 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
         .await?
         .json()
         .await?;
-    println!("{}", t.token);
+    out!("{}", t.token);
     Ok(0)
 }

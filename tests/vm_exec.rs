@@ -1,0 +1,119 @@
+//! `runner exec` with a VM step between two container steps, end to end: the real binary, a
+//! real registry on 127.0.0.1, real QEMU with the Debian cloud kernel (from
+//! `deploy/setup-vm-kernel.sh`) and the guest agent built from this tree.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use executors::image::testing::serve_busybox;
+
+fn agent() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "guest-agent",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "--release",
+        ])
+        .current_dir(&root)
+        .status()
+        .expect("run cargo to build the guest agent");
+    assert!(status.success(), "building the guest agent failed");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("x86_64-unknown-linux-musl/release/guest-agent")
+}
+
+fn kernel_dir() -> PathBuf {
+    let dir = std::env::var_os("RUNNER_VM_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/runner/vm/kernel"));
+    assert!(
+        dir.join("boot").is_dir(),
+        "no guest kernel in {}: run deploy/setup-vm-kernel.sh (deploy/setup.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+fn qemu_running_for(dir: &Path) -> bool {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.contains("qemu-system") && cmd.contains(&needle)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_vm_container_job_through_runner_exec() {
+    let (_registry, image) = serve_busybox().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\nkernel_dir = {:?}\nagent = {:?}\nmemory_mib = 256\n",
+            kernel_dir().display().to_string(),
+            agent().display().to_string()
+        ),
+    )
+    .unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("from-source.txt"), "checked out\n").unwrap();
+    std::fs::write(
+        src.join("pipeline.yml"),
+        format!(
+            "name: mixed\n\
+             defaults:\n  image: {image}\n  isolation: container\n  timeout: 2m\n\
+             jobs:\n  j:\n    steps:\n\
+             \x20     - name: c1\n        run: cat from-source.txt; echo one > step1.txt; uname -r > c-kernel\n\
+             \x20     - name: v\n        isolation: vm\n        run: cat step1.txt; uname -r > vm-kernel; echo two > step2.txt; echo junk > /etc/outside\n\
+             \x20     - name: c2\n        run: cat step2.txt; test ! -e /etc/outside && echo outside-gone; cmp -s c-kernel vm-kernel || echo kernels-differ\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .arg("exec")
+        .arg(src.join("pipeline.yml"))
+        .env("DOCKER_CONFIG", tmp.path().join("no-docker"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("vm (qemu, "),
+        "the step header names the backend: {text}"
+    );
+    for want in [
+        "checked out",
+        "one",
+        "two",
+        "outside-gone",
+        "kernels-differ",
+    ] {
+        assert!(text.contains(want), "missing {want:?}: {text}");
+    }
+    assert!(!qemu_running_for(tmp.path()), "QEMU left behind");
+    // The job's workspace copy is gone; the source tree is untouched.
+    assert!(!src.join("step1.txt").exists());
+    let left: Vec<_> = std::fs::read_dir(data.join("exec"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
