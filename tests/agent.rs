@@ -140,7 +140,13 @@ impl Agent {
 
     fn leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for d in ["agent/spool", "agent/work"] {
+        // The spool and workspaces of jobs, and the records of their sandboxes (a killed agent's
+        // step keeps running until the next agent's start-up reconciles it).
+        for d in [
+            "agent/spool",
+            "agent/work",
+            "state/agent-container/sandboxes",
+        ] {
             if let Ok(rd) = std::fs::read_dir(self.data().join(d)) {
                 out.extend(rd.map(|e| e.unwrap().path()));
             }
@@ -658,4 +664,29 @@ fn a_job_handed_over_during_shutdown_is_run_not_dropped() {
     } else {
         println!("NOTE: the agent's request had ended before the job was queued");
     }
+}
+
+#[test]
+fn a_second_agent_on_the_same_data_dir_is_refused() {
+    let s = Server::start(2.0);
+    let mut a = Agent::register(&s, 1);
+    a.start();
+    // Wait until the first agent holds its lock (it creates the lock file first thing).
+    let lock = a.data().join("state/agent.lock");
+    let start = Instant::now();
+    while !lock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = a.cmd().args(["run", "--poll-wait", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "second agent must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another `runner run` is already using the data dir"),
+        "{err}"
+    );
+    // The first one is unharmed and still stops cleanly.
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(10)).success());
 }

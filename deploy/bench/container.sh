@@ -2,10 +2,11 @@
 # One-step `true` through our container runtime against bwrap, unshare+chroot, runc, crun, podman
 # and docker, on the same busybox rootfs, side by side with hyperfine. Prints medians and ratios.
 #
-# Until `runner exec` runs pipelines end to end, "ours" is `container-step` (executors/src/bin):
-# one process that builds a ContainerExecutor, runs one step (`sh -e -c true` in a fresh
-# sandbox: namespaces, overlay root with a fresh upper dir, /proc, /dev, /sys, /tmp, workspace
-# bind, cgroup, caps, seccomp) and removes it. Switch OURS to `runner exec` once it works.
+# "runner-exec" is the whole product: `runner exec` of a one-step `true` pipeline on the same
+# rootfs (imported into the runner's image store): plan, run dir, workspace, sandbox, summary.
+# "ours" is `container-step` (executors/src/bin): one process that builds a ContainerExecutor,
+# runs one step (`sh -e -c true` in a fresh sandbox: namespaces, overlay root with a fresh
+# upper dir, /proc, /dev, /sys, /tmp, workspace bind, cgroup, caps, seccomp) and removes it.
 #
 # Usage (as root): deploy/bench/container.sh        RUNS=40 WARMUP=5 by default
 set -euo pipefail
@@ -42,9 +43,10 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
   runc crun podman docker.io bubblewrap hyperfine busybox-static util-linux python3 >/dev/null
 
-echo "bench: building container-step (release)" >&2
-(cd "$ROOT" && cargo build --release -q -p executors --bin container-step)
+echo "bench: building container-step and runner (release)" >&2
+(cd "$ROOT" && cargo build --release -q -p executors --bin container-step && cargo build --release -q -p runner)
 STEP="$ROOT/target/release/container-step"
+RUNNER="$ROOT/target/release/runner"
 
 # The busybox rootfs every runtime uses: static busybox plus its applet links.
 BUNDLE="$WORK/bundle"
@@ -70,6 +72,21 @@ if ! docker info >/dev/null 2>&1; then
 fi
 tar -C "$ROOTFS" -c . | docker import - runner-bench-busybox >/dev/null
 
+# runner exec gets the same tree through its own image store (a `docker save` style archive).
+podman save -q -o "$WORK/busybox.tar" localhost/runner-bench-busybox
+"$RUNNER" --data-dir "$WORK/data" image import "$WORK/busybox.tar" --tag localhost/runner-bench-busybox:latest >/dev/null
+mkdir -p "$WORK/src"
+cat >"$WORK/src/.runner.yml" <<'YML'
+name: bench
+jobs:
+  one:
+    steps:
+      - name: true
+        image: localhost/runner-bench-busybox:latest
+        run: "true"
+YML
+
+EXEC="$RUNNER --data-dir $WORK/data exec $WORK/src/.runner.yml --workspace $WORK/src"
 OURS="$STEP --state $STATE_TMPFS --workspace $WORK/ws --rootfs $ROOTFS -- true"
 OURS_DISK="$STEP --state $WORK/state --workspace $WORK/ws --rootfs $ROOTFS -- true"
 # A runner is a long-lived process: 20 steps in one process, reported per step.
@@ -90,9 +107,9 @@ hf() {
 
 echo "bench: run 1 (all but crun)" >&2
 hf --export-json "$WORK/run1.json" \
-  -n ours -n ours-state-on-disk -n ours-in-process-x$REPEAT -n bwrap -n unshare-chroot -n runc \
-  -n podman -n docker \
-  "$OURS" "$OURS_DISK" "$OURS_LOOP" "$BWRAP" "$UNSHARE" "$RUNC" "$PODMAN" "$DOCKER" >&2
+  -n runner-exec -n ours -n ours-state-on-disk -n ours-in-process-x$REPEAT -n bwrap -n unshare-chroot \
+  -n runc -n podman -n docker \
+  "$EXEC" "$OURS" "$OURS_DISK" "$OURS_LOOP" "$BWRAP" "$UNSHARE" "$RUNC" "$PODMAN" "$DOCKER" >&2
 
 # crun 1.8 refuses hosts whose cgroup v2 tree has any controller while v1 is mounted (hybrid).
 # There it runs in a private mount namespace without the v2 tree, with bwrap as the yardstick.
@@ -129,6 +146,8 @@ for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
     print(f"| {name} | {ms:.1f} | {ms / ours:.2f}x | {c} |")
 print()
 print(f"ours / bwrap = {ours / rows['bwrap']:.2f} (goal <= 1.5); runc / ours = {rows['runc'] / ours:.2f} (goal >= 3)")
+ex = rows["runner-exec"]
+print(f"runner-exec / bwrap = {ex / rows['bwrap']:.2f}; runc / runner-exec = {rows['runc'] / ex:.2f}")
 if sys.argv[3]:
     print(sys.argv[3], f"(crun {med(run2['crun']):.1f} ms, bwrap {med(run2['bwrap']):.1f} ms in run 2)")
 PY

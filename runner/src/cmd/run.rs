@@ -31,7 +31,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     // The same executors as `runner exec`; sandboxes a killed agent left are removed first.
     let want_vm = agent_cfg.isolations.iter().any(|i| i == "vm");
     // One agent per data dir: its container state dir is its own, so reconciling it at start-up
-    // removes only what a previous (killed) agent left.
+    // removes only what a previous (killed) agent left. The lock makes that true: a second
+    // agent on the same data dir would otherwise tear down the first one's live sandboxes.
+    let _agent_lock = lock_agent(&ctx.paths.state())?;
     let container_state = ctx.paths.state().join("agent-container");
     let built = crate::jobrun::setup::build(&ctx.paths, &cfg, &container_state, want_vm).await?;
     if !built.reconciled.is_empty() {
@@ -58,4 +60,26 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     }
     agent.run().await?;
     Ok(0)
+}
+
+/// Hold an exclusive lock on `<state>/agent.lock` for as long as the agent runs.
+fn lock_agent(state: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("cannot create the state dir {}", state.display()))?;
+    let path = state.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another `runner run` is already using the data dir {} (give each agent its own --data-dir)",
+            state.parent().unwrap_or(state).display()
+        ),
+        Err((_, e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
 }
