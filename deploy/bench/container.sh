@@ -81,7 +81,7 @@ name: bench
 jobs:
   one:
     steps:
-      - name: true
+      - name: noop
         image: localhost/runner-bench-busybox:latest
         run: "true"
 YML
