@@ -283,7 +283,7 @@ impl Decoder {
             );
             return None;
         }
-        match oci_spec::distribution::Reference::try_from(text.as_str()) {
+        match image_ref::parse(&text) {
             Ok(_) => Some(Image::Oci(text)),
             Err(why) => {
                 let hint = if text.contains(char::is_whitespace) {
@@ -592,7 +592,7 @@ impl Decoder {
                     break;
                 }
                 let image = template::substitute(&text, &values);
-                if let Err(why) = oci_spec::distribution::Reference::try_from(image.as_str()) {
+                if let Err(why) = image_ref::parse(&image) {
                     self.error(
                         pos,
                         &path,

@@ -87,122 +87,15 @@ impl ImageRef {
     }
 }
 
-/// Docker's reference grammar, by hand: `oci-spec`'s parser compiles a large regex on first
-/// use, about 30 ms of CPU per process, which alone would break the 20 ms budget of a warm
-/// `runner image pull`. The tests check this parser against `oci-spec`'s.
+/// Docker's grammar (the `image-ref` crate), as an `oci-client` reference.
 fn parse_reference(s: &str) -> Result<Reference, String> {
-    let (rest, digest) = match s.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (s, None),
-    };
-    let last_slash = rest.rfind('/');
-    let (name, tag) = match rest.rfind(':') {
-        Some(i) if last_slash.is_none_or(|j| i > j) => (&rest[..i], Some(&rest[i + 1..])),
-        _ => (rest, None),
-    };
-    let (registry, path) = match name.split_once('/') {
-        Some((first, remainder))
-            if first.contains(['.', ':'])
-                || first == "localhost"
-                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
-        {
-            (first, remainder)
-        }
-        _ => ("docker.io", name),
-    };
-    if !valid_host(registry) {
-        return Err(format!("invalid registry {registry:?}"));
-    }
-    let registry = if registry == "index.docker.io" {
-        "docker.io"
-    } else {
-        registry
-    };
-    if path.is_empty() || !path.split('/').all(valid_path_component) {
-        return Err(format!(
-            "invalid repository {path:?}: lowercase letters, digits and separators (. _ __ -) only"
-        ));
-    }
-    let path = if registry == "docker.io" && !path.contains('/') {
-        format!("library/{path}")
-    } else {
-        path.to_string()
-    };
-    if path.len() > 255 {
-        return Err("repository name longer than 255 characters".into());
-    }
-    if let Some(t) = tag {
-        let ok = t.len() <= 128
-            && t.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !ok {
-            return Err(format!("invalid tag {t:?}"));
-        }
-    }
-    if let Some(d) = digest {
-        Digest::parse(d).map_err(|e| e.to_string())?;
-    }
-    let (registry, tag, digest) = (
-        registry.to_string(),
-        tag.map(str::to_string),
-        digest.map(str::to_string),
-    );
-    Ok(match (tag, digest) {
-        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, path, t, d),
-        (None, Some(d)) => Reference::with_digest(registry, path, d),
-        (Some(t), None) => Reference::with_tag(registry, path, t),
-        (None, None) => Reference::with_tag(registry, path, "latest".into()),
+    let p = image_ref::parse(s)?;
+    Ok(match (p.tag, p.digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(p.registry, p.repository, t, d),
+        (None, Some(d)) => Reference::with_digest(p.registry, p.repository, d),
+        (Some(t), None) => Reference::with_tag(p.registry, p.repository, t),
+        (None, None) => Reference::with_tag(p.registry, p.repository, "latest".into()),
     })
-}
-
-/// `host(.host)*(:port)?`, each label alphanumeric with inner dashes.
-fn valid_host(h: &str) -> bool {
-    let (host, port) = match h.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (h, None),
-    };
-    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-        return false;
-    }
-    !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_path_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or one or more "-".
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 impl std::fmt::Display for ImageRef {
