@@ -10,8 +10,13 @@ dest="$data_dir/vm/kernel"
 
 if ! ls "$dest"/boot/vmlinuz-* >/dev/null 2>&1; then
   # The meta package only depends on the versioned image package that holds the files.
-  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  kernel_pkg() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+      | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+  }
+  pkg=$(kernel_pkg)
+  # A fresh machine may have no package lists yet.
+  if [ -z "$pkg" ]; then apt-get update -qq && pkg=$(kernel_pkg); fi
   if [ -z "$pkg" ]; then
     echo "setup-vm-kernel: linux-image-cloud-amd64 not known to apt (run apt-get update; Debian/Ubuntu only)" >&2
     exit 1

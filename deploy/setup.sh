@@ -21,8 +21,7 @@ packages=(
   skopeo            # image import test writes an OCI layout
   systemd           # deploy tests: systemd-analyze verify on the units
   # container executor tests: an OCI image served from a local registry; unshare for the v2 test
-  docker-registry
-  util-linux
+
 )
 
 missing=()
