@@ -12,7 +12,7 @@ packages=(
   perl-base
   qemu-system-x86
   e2fsprogs
-  util-linux
+  util-linux        # unshare, for the container executor's pure cgroup v2 test
   musl-tools
   python3-yaml
   python3-jsonschema
@@ -20,8 +20,6 @@ packages=(
   apache2-utils     # htpasswd, for the auth-registry test
   skopeo            # image import test writes an OCI layout
   systemd           # deploy tests: systemd-analyze verify on the units
-  # container executor tests: an OCI image served from a local registry; unshare for the v2 test
-
 )
 
 missing=()
