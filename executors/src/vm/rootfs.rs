@@ -47,49 +47,26 @@ pub fn base_disk(image: &ResolvedImage, dir: &Path) -> Result<PathBuf, VmError> 
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| VmError::io(dir, e))?;
-    let mkfs = format!(
-        "mkfs.ext4 -q -F -O ^has_journal -m 0 -N {inodes} -L rootfs -E root_owner=0:0 -d \"$0\" \"$1\" {size_mib}M"
-    );
-    let mut cmd;
-    let _mnt;
-    if let [only] = image.layers.as_slice() {
-        cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("exec {mkfs}"))
-            .arg(only)
-            .arg(tmp.path());
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-O", "^has_journal", "-m", "0", "-N"])
+        .arg(inodes.to_string())
+        .args(["-L", "rootfs", "-E", "root_owner=0:0", "-d"]);
+    let out = if let [only] = image.layers.as_slice() {
+        mkfs.arg(only).arg(tmp.path()).arg(format!("{size_mib}M"));
+        mkfs.output()
     } else {
         // Several layers: merge them with a read-only overlay mount (which applies the
-        // whiteouts) in a private mount namespace that dies with the command, so a crash
-        // never leaves the mount behind.
+        // whiteouts), seen only by a thread of our own in a private mount namespace.
         let mnt = tempfile::Builder::new()
             .prefix(".merge-")
             .tempdir_in(dir)
             .map_err(|e| VmError::io(dir, e))?;
-        let lower: Vec<String> = image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| l.display().to_string())
-            .collect();
-        if lower.iter().any(|l| l.contains(':') || l.contains(',')) {
-            return Err(VmError::RootDisk(
-                "layer paths must not contain ':' or ','".into(),
-            ));
-        }
-        cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(format!(
-                "mount -t overlay overlay -o ro,lowerdir={} \"$0\" && {mkfs}",
-                lower.join(":")
-            ))
-            .arg(mnt.path())
-            .arg(tmp.path());
-        _mnt = mnt;
+        mkfs.arg(mnt.path())
+            .arg(tmp.path())
+            .arg(format!("{size_mib}M"));
+        merged(&image.layers, mnt.path(), mkfs)?
     }
-    let out = cmd
-        .output()
-        .map_err(|e| VmError::RootDisk(format!("cannot run mkfs.ext4: {e} (install e2fsprogs)")))?;
+    .map_err(|e| VmError::RootDisk(format!("cannot run mkfs.ext4: {e} (install e2fsprogs)")))?;
     if !out.status.success() {
         return Err(VmError::RootDisk(format!(
             "mkfs.ext4 failed for {}: {}",
@@ -100,6 +77,59 @@ pub fn base_disk(image: &ResolvedImage, dir: &Path) -> Result<PathBuf, VmError> 
     tmp.persist(&path)
         .map_err(|e| VmError::io(&path, e.error))?;
     Ok(path)
+}
+
+/// Run `cmd` with `layers` mounted as one read-only overlay at `mnt`. The mount lives in a
+/// mount namespace private to one short-lived thread (and the command it starts): it is gone
+/// when the thread ends, so neither a crash nor an early return leaves it behind, and the
+/// host's mount table never sees it.
+fn merged(
+    layers: &[PathBuf],
+    mnt: &Path,
+    mut cmd: Command,
+) -> Result<std::io::Result<std::process::Output>, VmError> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
+    if lower.iter().any(|l| l.contains(':') || l.contains(',')) {
+        return Err(VmError::RootDisk(
+            "layer paths must not contain ':' or ','".into(),
+        ));
+    }
+    let options = format!("lowerdir={}", lower.join(":"));
+    let fail = |what: &str, e: nix::Error| VmError::RootDisk(format!("{what}: {e}"));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // CLONE_FS with CLONE_NEWNS: this thread alone gets the new namespace.
+                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
+                    .map_err(|e| fail("cannot create a mount namespace", e))?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(|e| fail("cannot make mounts private", e))?;
+                mount(
+                    Some("overlay"),
+                    mnt,
+                    Some("overlay"),
+                    MsFlags::MS_RDONLY,
+                    Some(options.as_str()),
+                )
+                .map_err(|e| fail("cannot merge the image layers (overlay mount)", e))?;
+                Ok(cmd.output())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(VmError::RootDisk("the layer merge thread panicked".into())))
+    })
 }
 
 /// Apparent size and entry count of a directory tree (symlinks not followed).
