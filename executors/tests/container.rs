@@ -361,6 +361,8 @@ async fn host_image_hides_secrets_and_denies_keyctl_and_modules() {
         "test -e {secret} && echo ESCAPE-secret; \
          ls /root | grep -q . && echo ESCAPE-root-home; \
          cat /etc/shadow | grep -q . && echo ESCAPE-shadow; \
+         ls -A /var/lib/runner 2>/dev/null | grep -q . && echo ESCAPE-runner-data; \
+         ls -A /var/lib/private 2>/dev/null | grep -q . && echo ESCAPE-systemd-private; \
          /usr/bin/perl -e 'for my $n (250, 175, 313, 165) {{ my $r = syscall($n, 0, 0, 0, 0, 0); print \"$n=$r:\", $!+0, \"\\n\" }}'; \
          echo pid=$$",
         secret = secret.display()

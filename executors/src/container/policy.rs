@@ -205,6 +205,13 @@ pub const HOST_MASKED_PATHS: &[&str] = &[
     "/etc/sudoers.d",
     "/var/lib/docker",
     "/var/lib/containers",
+    // Every runner's default config and data dirs, whichever ones this runner uses: another
+    // runner or the coordinator on the same host keeps tokens and secrets there.
+    "/etc/runner",
+    "/var/lib/runner",
+    // systemd's DynamicUser= state (the coordinator unit keeps its SQLite store, secrets
+    // included, under /var/lib/private/runner-coordinator).
+    "/var/lib/private",
 ];
 
 /// Default `PATH` when neither the image nor the step sets one.
