@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Sets up this machine, builds the runner and runs the example pipeline.
+# Sets up this machine, builds the runner, shows the plan of the example pipeline and runs it
+# for real (each step in a throwaway container on the host's own root, so no registry needed).
+# Needs root: the sandbox uses namespaces, overlayfs and cgroups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/setup.sh
 cargo build --release -p runner
 ./target/release/runner exec --dry-run examples/hello.yml
+# A throwaway data dir, so trying it leaves nothing behind.
+data=$(mktemp -d)
+trap 'rm -rf "$data"' EXIT
+./target/release/runner --data-dir "$data" exec examples/hello.yml
