@@ -117,3 +117,93 @@ async fn container_vm_container_job_through_runner_exec() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Ctrl-C while a VM step runs: `runner exec` exits 130, and neither QEMU nor the job's
+/// workspace survives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_vm_step_leaves_no_qemu_and_no_workspace() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let (_registry, image) = serve_busybox().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\nkernel_dir = {:?}\nagent = {:?}\nmemory_mib = 256\n",
+            kernel_dir().display().to_string(),
+            agent().display().to_string()
+        ),
+    )
+    .unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("pipeline.yml"),
+        format!(
+            "name: cancel\n\
+             jobs:\n  j:\n    steps:\n\
+             \x20     - name: v\n        image: {image}\n        isolation: vm\n        run: echo vm-step-started; sleep 120\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .arg("exec")
+        .arg(src.join("pipeline.yml"))
+        .env("DOCKER_CONFIG", tmp.path().join("no-docker"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Under TCG the guest takes a few seconds to boot; wait for the step's own output.
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) if line.contains("vm-step-started") => break,
+            Ok(line) => seen.push(line),
+            Err(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the VM step never started: {seen:?}"
+        );
+    }
+    assert!(qemu_running_for(tmp.path()), "the step runs in QEMU");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "runner exec did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(!qemu_running_for(tmp.path()), "QEMU left behind");
+    let left: Vec<_> = std::fs::read_dir(data.join("exec"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
