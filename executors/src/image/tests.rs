@@ -155,11 +155,22 @@ async fn pull_layers_with_whiteouts_links_and_zstd_then_run_busybox() {
         b"",
         "absolute link not followed on the host"
     );
-    let run = Command::new("chroot")
-        .arg(root)
-        .args(["/bin/sh", "-c", "cat /etc/motd; /srv/latest"])
-        .output()
-        .unwrap();
+    // Run the image's own busybox with the merged tree as its root (chroot in the child).
+    let new_root = root.to_path_buf();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "cat /etc/motd; /srv/latest"]);
+    // SAFETY: the closure runs in the forked child before exec and only makes the two
+    // async-signal-safe syscalls chroot(2) and chdir(2); nix passes the (short, temp dir)
+    // path through a stack buffer, so nothing is allocated after the fork.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(move || {
+            nix::unistd::chroot(new_root.as_path())?;
+            nix::unistd::chdir("/")?;
+            Ok(())
+        });
+    }
+    let run = cmd.output().unwrap();
     assert!(run.status.success(), "{run:?}");
     assert_eq!(
         String::from_utf8_lossy(&run.stdout),
