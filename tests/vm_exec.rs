@@ -41,6 +41,34 @@ fn kernel_dir() -> PathBuf {
     dir
 }
 
+/// A runner config whose `[vm]` section points at the guest kernel and a fresh guest agent.
+fn vm_config(dir: &Path) -> PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\nkernel_dir = {:?}\nagent = {:?}\nmemory_mib = 256\n",
+            kernel_dir().display().to_string(),
+            agent().display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `runner exec PIPELINE` with its own data dir and config, and no Docker credentials.
+fn exec_cmd(data: &Path, config: &Path, pipeline: &Path, tmp: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    c.arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .arg("exec")
+        .arg(pipeline)
+        .env("DOCKER_CONFIG", tmp.join("no-docker"));
+    c
+}
+
 fn qemu_running_for(dir: &Path) -> bool {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -55,16 +83,7 @@ async fn container_vm_container_job_through_runner_exec() {
     let (_registry, image) = serve_busybox().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let config = tmp.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\nkernel_dir = {:?}\nagent = {:?}\nmemory_mib = 256\n",
-            kernel_dir().display().to_string(),
-            agent().display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = vm_config(tmp.path());
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("from-source.txt"), "checked out\n").unwrap();
@@ -80,14 +99,7 @@ async fn container_vm_container_job_through_runner_exec() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .arg("exec")
-        .arg(src.join("pipeline.yml"))
-        .env("DOCKER_CONFIG", tmp.path().join("no-docker"))
+    let out = exec_cmd(&data, &config, &src.join("pipeline.yml"), tmp.path())
         .output()
         .unwrap();
     let text = format!(
@@ -129,16 +141,7 @@ async fn ctrl_c_during_a_vm_step_leaves_no_qemu_and_no_workspace() {
     let (_registry, image) = serve_busybox().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let config = tmp.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\nkernel_dir = {:?}\nagent = {:?}\nmemory_mib = 256\n",
-            kernel_dir().display().to_string(),
-            agent().display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = vm_config(tmp.path());
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(
@@ -150,14 +153,7 @@ async fn ctrl_c_during_a_vm_step_leaves_no_qemu_and_no_workspace() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .arg("exec")
-        .arg(src.join("pipeline.yml"))
-        .env("DOCKER_CONFIG", tmp.path().join("no-docker"))
+    let mut child = exec_cmd(&data, &config, &src.join("pipeline.yml"), tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
