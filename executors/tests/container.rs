@@ -215,6 +215,102 @@ async fn memory_limit_oom_is_reported() {
     f.assert_clean().await;
 }
 
+/// What a step writes outside its workspace lives on the sandbox's own tmpfs: nothing of it
+/// reaches the host's disk, and it counts against the step's memory limit.
+#[tokio::test]
+async fn rootfs_writes_are_scratch_charged_to_the_step() {
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new("scratch").await;
+    let out = f
+        .run(f.step(
+            "dd if=/dev/zero of=/fill bs=1M count=64 2>/dev/null; \
+             ls -l /fill; grep ' / ' /proc/mounts",
+        ))
+        .await;
+    assert!(out.result.success(), "{out:?}", out = out.stderr);
+    assert!(out.stdout.contains("67108864"), "stdout: {}", out.stdout);
+    assert!(out.stdout.contains("overlay"), "stdout: {}", out.stdout);
+    // Nothing the step wrote is on the host: no file of that size anywhere under the test's
+    // directory (state dir included) while or after the step ran.
+    let big = walk(f.tmp.path())
+        .into_iter()
+        .filter(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len() >= 64 << 20)
+                .unwrap_or(false)
+        })
+        .collect::<Vec<_>>();
+    assert!(big.is_empty(), "step writes reached the host: {big:?}");
+
+    let mut step = f.step("dd if=/dev/zero of=/fill bs=1M count=128; echo after");
+    step.resources.memory = Some(32 << 20);
+    let out = f.run(step).await;
+    assert!(
+        !out.result.success() && !out.stdout.contains("after"),
+        "128 MiB written outside the workspace under a 32 MiB limit: {:?}\n{}",
+        out.result,
+        out.stderr
+    );
+    f.assert_clean().await;
+}
+
+/// `Scratch::Disk`: the upper dir is a directory of the sandbox's on the state dir's
+/// filesystem, and it goes with the sandbox.
+#[tokio::test]
+async fn disk_scratch_holds_rootfs_writes_until_the_step_ends() {
+    if !is_root() {
+        return;
+    }
+    let mut f = Fixture::new("diskscratch").await;
+    let images = LocalDirImages::new().with(IMAGE, f.tmp.path().join("rootfs"));
+    let mut config = ContainerConfig::new(f.tmp.path().join("state"), Arc::new(images));
+    config.masked_paths = vec![f.tmp.path().to_path_buf()];
+    config.scratch = executors::container::Scratch::Disk;
+    f.exec = ContainerExecutor::new(config).unwrap();
+    let state = f.tmp.path().join("state/sandboxes");
+    // While the step runs, its write is a file in its sandbox's upper dir on the host.
+    let seen = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let found = walk(&state).into_iter().any(|p| {
+                p.ends_with("upper/fill") && std::fs::metadata(&p).is_ok_and(|m| m.len() == 8 << 20)
+            });
+            if found {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    let (out, seen) = tokio::join!(
+        f.run(f.step("dd if=/dev/zero of=/fill bs=1M count=8 2>/dev/null; ls /fill; sleep 2")),
+        seen
+    );
+    assert!(out.result.success(), "{}", out.stderr);
+    assert!(out.stdout.starts_with("/fill"), "stdout: {}", out.stdout);
+    assert!(
+        seen,
+        "the step's write never showed up in its upper dir on disk"
+    );
+    assert!(std::fs::read_dir(&state).unwrap().next().is_none());
+    f.assert_clean().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&path)),
+            Ok(_) => out.push(path),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn pids_limit_holds() {
     if !is_root() {

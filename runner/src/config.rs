@@ -12,12 +12,38 @@ pub struct Config {
     /// `[registries]`: insecure registries, credentials, pull policy (see `executors::image::auth`).
     #[serde(default)]
     pub registries: executors::image::RegistryConfig,
+    /// `[container]`: the container executor (isolation: container, the default).
+    #[serde(default)]
+    pub container: ContainerSection,
     /// `[vm]`: the VM executor (isolation: vm).
     #[serde(default)]
     pub vm: VmSection,
     /// `[agent]`: this host's registration with a coordinator (written by `runner register`).
     #[serde(default)]
     pub agent: Option<AgentConfig>,
+}
+
+/// `[container]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSection {
+    /// Where a step's writes outside its workspace and `/tmp` go: `memory` (a tmpfs per
+    /// sandbox, charged to the step's memory limit) or `disk` (under the data dir, for steps
+    /// that install more than fits in memory) [default: memory].
+    pub scratch: Option<String>,
+}
+
+impl ContainerSection {
+    pub fn scratch(&self) -> anyhow::Result<executors::container::Scratch> {
+        use executors::container::Scratch;
+        Ok(match self.scratch.as_deref() {
+            None | Some("memory") => Scratch::Memory,
+            Some("disk") => Scratch::Disk,
+            Some(other) => {
+                anyhow::bail!("[container] scratch = {other:?}: expected \"memory\" or \"disk\"")
+            }
+        })
+    }
 }
 
 /// `[vm]` section. Every key is optional; paths default to the runner's data dir.
@@ -140,6 +166,21 @@ mod tests {
         let c: Config = toml::from_str("[vm]\nbackend = \"microvm\"\n").unwrap();
         let v = c.vm.to_vm_config(Path::new("/d")).unwrap();
         assert_eq!(v.backend, executors::vm::microvm::Backend::Microvm);
+    }
+
+    #[test]
+    fn container_scratch_parses_defaults_and_rejects() {
+        use executors::container::Scratch;
+        assert_eq!(
+            Config::default().container.scratch().unwrap(),
+            Scratch::Memory
+        );
+        let c: Config = toml::from_str("[container]\nscratch = \"disk\"\n").unwrap();
+        assert_eq!(c.container.scratch().unwrap(), Scratch::Disk);
+        let c: Config = toml::from_str("[container]\nscratch = \"ram\"\n").unwrap();
+        let e = c.container.scratch().unwrap_err().to_string();
+        assert!(e.contains("scratch") && e.contains("disk"), "{e}");
+        assert!(toml::from_str::<Config>("[container]\nupper = 1\n").is_err());
     }
 
     #[test]

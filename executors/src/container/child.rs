@@ -5,6 +5,11 @@
 //! released in the child. Everything here therefore works on a [`ChildPlan`] built (and
 //! allocated) in the parent beforehand, reports errors through a pipe with static strings and
 //! an errno, and never allocates, panics or unwinds.
+//!
+//! Usually the child shares the runner's memory until its `execve` (`CLONE_VM|CLONE_VFORK`,
+//! like `posix_spawn`): copying the runner's page tables for a fork cost more than the rest of
+//! the clone. It then runs on a stack of its own while the cloning thread is suspended, so it
+//! must not write to any memory but that stack: the rules above already guarantee that.
 
 use std::ffi::{c_char, c_ulong, CStr, CString};
 use std::os::fd::RawFd;
@@ -60,8 +65,14 @@ pub enum MountOp {
 pub struct ChildPlan {
     /// Read end: one byte arrives once the parent has placed us in cgroups and written our
     /// id maps (awaited first thing with a user namespace, else right before dropping
-    /// privileges). EOF means the parent gave up.
+    /// privileges). EOF means the parent gave up. Only read with `parent_sync`.
     pub sync_fd: RawFd,
+    /// Whether the parent still has work to do after the clone (cgroups, id maps, network)
+    /// that the child must wait for on `sync_fd`. Never with `CLONE_VFORK`: the parent is
+    /// suspended until the child's `execve`.
+    pub parent_sync: bool,
+    /// `cgroup.procs` files (opened for writing) the child writes itself into first thing.
+    pub join_cgroups: Vec<RawFd>,
     /// Write end (close-on-exec): setup errors are written here; EOF at exec means success.
     pub err_fd: RawFd,
     pub stdin_fd: RawFd,
@@ -69,6 +80,17 @@ pub struct ChildPlan {
     pub stderr_fd: RawFd,
     /// Switch to uid/gid 0 of a fresh user namespace.
     pub userns: bool,
+    /// Where the child mounts a tmpfs for the overlay's upper and work dirs and its mount
+    /// point (`scratch_dirs`, all inside it): what a step writes outside its workspace is
+    /// scratch, charged to the step's memory cgroup and gone with its mount namespace, and
+    /// the host has no per-step directories to create and delete (on ext4 the deletes alone
+    /// cost more than the step's whole file tree). One directory serves every sandbox: each
+    /// covers it in its own mount namespace only.
+    pub scratch: CString,
+    pub scratch_dirs: Vec<CString>,
+    /// Mount the tmpfs and create `scratch_dirs` on it; `false`: they are host directories
+    /// the parent made (`Scratch::Disk`).
+    pub scratch_tmpfs: bool,
     /// Overlay mount of the root: (data) on `root`.
     pub overlay_data: CString,
     pub root: CString,
@@ -134,6 +156,12 @@ enum Never {}
 
 fn setup_and_exec(plan: &ChildPlan) -> Result<Never, Failure> {
     stdio_and_signals(plan)?;
+    for &fd in &plan.join_cgroups {
+        // SAFETY: writing a two-byte buffer to a descriptor the parent opened for us; "0"
+        // means the writing process.
+        let n = unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) };
+        check(n as libc::c_int, "join the step's cgroup")?;
+    }
     if plan.userns {
         // Nothing works as root in a user namespace before the parent wrote the id maps.
         wait_for_parent(plan.sync_fd)?;
@@ -151,7 +179,7 @@ fn setup_and_exec(plan: &ChildPlan) -> Result<Never, Failure> {
     // SAFETY: chdir reads a valid C string.
     let ret = unsafe { libc::chdir(plan.workdir.as_ptr()) };
     check(ret, "chdir to the workdir")?;
-    if !plan.userns {
+    if plan.parent_sync && !plan.userns {
         // The file tree is built while the parent does its bookkeeping; the step's own code
         // must not start before the parent placed us in the limiting cgroups.
         wait_for_parent(plan.sync_fd)?;
@@ -250,6 +278,21 @@ fn build_root(plan: &ChildPlan) -> Result<(), Failure> {
         null,
         "make / private",
     )?;
+    if plan.scratch_tmpfs {
+        mount(
+            c"tmpfs".as_ptr(),
+            &plan.scratch,
+            c"tmpfs".as_ptr(),
+            libc::MS_NODEV | libc::MS_NOSUID,
+            c"mode=0755".as_ptr(),
+            "mount the sandbox's scratch tmpfs",
+        )?;
+        for dir in &plan.scratch_dirs {
+            // SAFETY: mkdir of a valid C string owned by the plan.
+            let ret = unsafe { libc::mkdir(dir.as_ptr(), 0o755) };
+            check(ret, "mkdir on the scratch tmpfs")?;
+        }
+    }
     mount(
         c"overlay".as_ptr(),
         &plan.root,

@@ -2,13 +2,14 @@
 //! namespaces, overlayfs, cgroups, capabilities and seccomp. No daemon, no runc.
 //!
 //! A step's life: `sandbox.rs` creates a state record and cgroup, clones a child into new
-//! mount/PID/UTS/IPC/network (and optionally user) namespaces, which (`child.rs`) mounts an
-//! overlay of the image layers with a fresh upper dir, builds `/proc`, `/dev`, `/sys`, `/tmp`
-//! and the workspace bind (`mounts.rs`), pivots into it, drops capabilities, sets
-//! `no_new_privs`, installs the seccomp filter (`seccomp.rs`, from `policy.rs`) and execs the
-//! step's shell as pid 1. Output streams through pipes (`logs.rs`); timeouts and cancellation
-//! kill the cgroup; afterwards the record, cgroup and upper dir are removed (`state.rs`), and
-//! `reconcile` removes whatever a killed runner left.
+//! mount/PID/UTS/IPC/network (and optionally user) namespaces, which (`child.rs`) mounts a
+//! tmpfs for a fresh upper dir and an overlay of the image layers on it, builds `/proc`,
+//! `/dev`, `/sys`, `/tmp` and the workspace bind (`mounts.rs`), pivots into it, drops
+//! capabilities, sets `no_new_privs`, installs the seccomp filter (`seccomp.rs`, from
+//! `policy.rs`) and execs the step's shell as pid 1. Output streams through pipes (`logs.rs`);
+//! timeouts and cancellation kill the cgroup; the upper dir goes with the sandbox's mount
+//! namespace, the record and cgroup are removed afterwards (`state.rs`), and `reconcile`
+//! removes whatever a killed runner left.
 
 pub mod cgroup;
 mod child;
@@ -106,8 +107,8 @@ impl IdMap {
 /// How the runner configures the container executor.
 #[derive(Clone)]
 pub struct ContainerConfig {
-    /// Directory of live sandboxes (records, upper dirs); reconciled at start-up. Must be on a
-    /// filesystem that can hold overlayfs upper dirs (not overlayfs itself).
+    /// Directory of live sandboxes (records, and with `userns` the idmapped layers);
+    /// reconciled at start-up. Upper dirs are not kept here: each sandbox has its own tmpfs.
     pub state_dir: PathBuf,
     /// Host paths hidden from `image: host` steps: the runner's config and data directories
     /// (the state dir is always hidden).
@@ -120,6 +121,21 @@ pub struct ContainerConfig {
     pub userns: Option<IdMap>,
     /// The bridge used by steps with `network: bridge`.
     pub bridge: BridgeConfig,
+    /// Where a step's writes outside its workspace go.
+    pub scratch: Scratch,
+}
+
+/// Where the overlay upper dir of a step's root (everything it writes outside the workspace
+/// and `/tmp`) lives. Either way it is thrown away when the step ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scratch {
+    /// A tmpfs of the sandbox's own (the default): no host directories to create and delete
+    /// per step, charged to the step's memory cgroup, so `resources.memory` caps it too.
+    #[default]
+    Memory,
+    /// A directory under the state dir, on its filesystem: for steps that install more than
+    /// they may keep in memory. Costs directory creation and removal on every step.
+    Disk,
 }
 
 impl std::fmt::Debug for ContainerConfig {
@@ -129,6 +145,7 @@ impl std::fmt::Debug for ContainerConfig {
             .field("masked_paths", &self.masked_paths)
             .field("userns", &self.userns)
             .field("bridge", &self.bridge)
+            .field("scratch", &self.scratch)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +164,7 @@ impl ContainerConfig {
             images,
             userns: None,
             bridge: BridgeConfig::default(),
+            scratch: Scratch::default(),
         }
     }
 }

@@ -72,9 +72,31 @@ impl ContainerExecutor {
         let started = Instant::now();
         let name = self.new_name(&job.id);
         let dir = self.state.sandbox_dir(&name);
-        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).map_err(ContainerError::io(d))?;
+        std::fs::create_dir(&dir).map_err(ContainerError::io(&dir))?;
+        // By default the upper dir lives on a tmpfs the child mounts in its own mount
+        // namespace (see child.rs): nothing to create or delete on the host, gone with the
+        // sandbox. On disk, it is a directory of the sandbox's, removed with it.
+        let on_disk = self.config.scratch == super::Scratch::Disk;
+        let scratch = if on_disk {
+            dir.clone()
+        } else {
+            self.state.scratch_dir()
+        };
+        let (upper, work, merged) = (
+            scratch.join("upper"),
+            scratch.join("work"),
+            scratch.join("root"),
+        );
+        if on_disk {
+            for d in [&upper, &work, &merged] {
+                std::fs::create_dir(d).map_err(ContainerError::io(d))?;
+            }
+            if let Some(map) = &self.config.userns {
+                for d in [&upper, &work] {
+                    std::os::unix::fs::chown(d, Some(map.host_id), Some(map.host_id))
+                        .map_err(ContainerError::io(d))?;
+                }
+            }
         }
         let mut guard = Guard {
             exec: self,
@@ -86,12 +108,6 @@ impl ContainerExecutor {
             cgroup: None,
             pid: None,
         };
-        if let Some(map) = &self.config.userns {
-            for d in [&upper, &work] {
-                std::os::unix::fs::chown(d, Some(map.host_id), Some(map.host_id))
-                    .map_err(ContainerError::io(d))?;
-            }
-        }
         phase(&started, "dirs");
         let cgroup = self.cgroups.create(&name, &step.resources)?;
         guard.record.cgroups = cgroup.dirs();
@@ -135,13 +151,13 @@ impl ContainerExecutor {
             rootfs.layers = idmapped.clone();
             idmapped.push(workspace.clone());
         }
-        let plan = self.plan(
+        let mut plan = self.plan(
             job,
             step,
             &rootfs,
             [&sync_r, &err_w, &out_w, &errout_w].map(|f| f.as_raw_fd()),
             devnull.as_raw_fd(),
-            (&upper, &work, &merged, &workspace),
+            (&scratch, [&upper, &work, &merged], &workspace),
         )?;
         let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -158,10 +174,25 @@ impl ContainerExecutor {
             .cgroup
             .as_ref()
             .and_then(|c| c.clone_target().map(Path::to_path_buf));
-        let spawned = spawn(&plan, flags, clone_target.as_deref())?;
+        // Without a user namespace or a bridge, the parent has nothing to do between the
+        // clone and the step: the child joins its other cgroups itself, and the runner's
+        // memory is shared with it instead of copied (see `spawn`).
+        let vfork = self.config.userns.is_none() && lease.is_none();
+        let mut join = Vec::new();
+        if let (true, Some(cg)) = (vfork, &guard.cgroup) {
+            for file in cg.procs_files(clone_target.as_deref()) {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&file)
+                    .map_err(ContainerError::io(&file))?;
+                join.push(f);
+            }
+        }
+        plan.join_cgroups = join.iter().map(|f| f.as_raw_fd()).collect();
+        let spawned = spawn(&mut plan, flags, clone_target.as_deref(), vfork)?;
         let pid = spawned.pid;
         guard.pid = Some(pid);
-        drop((sync_r, err_w, out_w, errout_w, devnull));
+        drop((sync_r, err_w, out_w, errout_w, devnull, join));
         for target in &idmapped {
             let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
         }
@@ -173,20 +204,22 @@ impl ContainerExecutor {
         }
         self.state.save(&guard.record)?;
         phase(&started, "clone+save");
-        // Everything the child waits for before it may run the step.
-        if let Some(cg) = &guard.cgroup {
-            cg.add(pid.as_raw(), spawned.placed.as_deref())?;
+        if !spawned.vforked {
+            // Everything the child waits for before it may run the step.
+            if let Some(cg) = &guard.cgroup {
+                cg.add(pid.as_raw(), spawned.placed.as_deref())?;
+            }
+            if let Some(map) = &self.config.userns {
+                map.write(pid.as_raw())?;
+            }
+            if let Some(ip) = &lease {
+                self.config.bridge.attach(&veth, pid.as_raw(), ip)?;
+            }
+            phase(&started, "cgadd");
+            // A child that already failed its setup has closed the pipe; its reason arrives
+            // on the error pipe below.
+            let _ = nix::unistd::write(&sync_w, &[1]);
         }
-        if let Some(map) = &self.config.userns {
-            map.write(pid.as_raw())?;
-        }
-        if let Some(ip) = &lease {
-            self.config.bridge.attach(&veth, pid.as_raw(), ip)?;
-        }
-        phase(&started, "cgadd");
-        // A child that already failed its setup has closed the pipe; its reason arrives on
-        // the error pipe below.
-        let _ = nix::unistd::write(&sync_w, &[1]);
         drop(sync_w);
 
         let pump = tokio::spawn(super::logs::pump(out_r, errout_r, output));
@@ -238,7 +271,7 @@ impl ContainerExecutor {
         rootfs: &Rootfs,
         [sync_fd, err_fd, stdout_fd, stderr_fd]: [RawFd; 4],
         stdin_fd: RawFd,
-        (upper, work, merged, workspace): (&PathBuf, &PathBuf, &PathBuf, &Path),
+        (scratch, [upper, work, merged], workspace): (&Path, [&PathBuf; 3], &Path),
     ) -> Result<ChildPlan, ContainerError> {
         let mut masked = self.config.masked_paths.clone();
         masked.push(self.config.state_dir.clone());
@@ -270,11 +303,19 @@ impl ContainerExecutor {
         envp.push(std::ptr::null());
         Ok(ChildPlan {
             sync_fd,
+            parent_sync: true,
+            join_cgroups: Vec::new(),
             err_fd,
             stdin_fd,
             stdout_fd,
             stderr_fd,
             userns: self.config.userns.is_some(),
+            scratch_tmpfs: self.config.scratch == super::Scratch::Memory,
+            scratch: cstr(scratch.as_os_str().as_encoded_bytes())?,
+            scratch_dirs: [upper, work, merged]
+                .map(|d| cstr(d.as_os_str().as_encoded_bytes()))
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?,
             overlay_data: overlay_data(&rootfs.layers, upper, work, self.config.userns.is_some())?,
             root: cstr(merged.as_os_str().as_encoded_bytes())?,
             old_root: cstr(OLD_ROOT)?,
@@ -340,20 +381,30 @@ struct CloneArgs {
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// The sandbox's first process: its pid, a pidfd that is readable once it exited, and the
-/// cgroup directory it was cloned into, if any.
+/// The sandbox's first process: its pid, a pidfd that is readable once it exited, the
+/// cgroup directory it was cloned into, if any, and whether it was cloned with `CLONE_VFORK`
+/// (so it has already exec'd the step or failed, and the parent has nothing left to do).
 struct Spawned {
     pid: Pid,
     pidfd: OwnedFd,
     placed: Option<PathBuf>,
+    vforked: bool,
 }
 
 /// Clone the sandbox's first process into fresh namespaces (and straight into `cgroup` when
-/// given, with clone3); falls back to clone(2) on kernels without clone3.
+/// given, with clone3).
+///
+/// With `vfork`, the child shares our memory until it execs and this thread waits for that
+/// (`CLONE_VM|CLONE_VFORK`, as `posix_spawn` does): a fork would copy the page tables of the
+/// whole runner (about 0.8 ms for `runner exec`, more for a busy agent) and then fault on
+/// every page either side writes. Without it (user namespaces and bridges need the parent
+/// between clone and exec, and so does a kernel without clone3), a fork, and the child waits
+/// on the sync pipe.
 fn spawn(
-    plan: &ChildPlan,
+    plan: &mut ChildPlan,
     flags: CloneFlags,
     cgroup: Option<&Path>,
+    vfork: bool,
 ) -> Result<Spawned, ContainerError> {
     let cgroup_dir = match cgroup {
         Some(dir) => Some(std::fs::File::open(dir).map_err(ContainerError::io(dir))?),
@@ -370,22 +421,36 @@ fn spawn(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = dir.as_raw_fd() as u64;
     }
-    // SAFETY: clone3 without CLONE_VM and without a new stack behaves like fork: the child
-    // continues here on its own copy of the stack and memory. It only calls `child_main`,
-    // which makes raw syscalls on data the plan already holds (no allocation, no locks: see
-    // child.rs) and never returns. `args` and `pidfd` are valid for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+    plan.parent_sync = !(vfork && VFORK_SUPPORTED);
+    let ret = if plan.parent_sync {
+        plan.join_cgroups.clear();
+        // SAFETY: clone3 without CLONE_VM and without a new stack behaves like fork: the
+        // child continues here on its own copy of the stack and memory. It only calls
+        // `child_main`, which makes raw syscalls on data the plan already holds (no
+        // allocation, no locks: see child.rs) and never returns. `args` and `pidfd` are
+        // valid for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if ret == 0 {
+            child_main(plan);
+            // SAFETY: not reached (child_main execs or exits); _exit is always safe to call.
+            unsafe { libc::_exit(127) };
+        }
+        ret
+    } else {
+        let ret = clone_vfork(&mut args, plan);
+        if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            // No clone3: the fork-style fallback below, with the parent's help.
+            plan.parent_sync = true;
+            plan.join_cgroups.clear();
+        }
+        ret
     };
-    if ret == 0 {
-        child_main(plan);
-        // SAFETY: not reached (child_main execs or exits); _exit is always safe to call.
-        unsafe { libc::_exit(127) };
-    }
     if ret > 0 {
         // SAFETY: CLONE_PIDFD stored a fresh descriptor that we now own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -393,6 +458,7 @@ fn spawn(
             pid: Pid::from_raw(ret as i32),
             pidfd,
             placed: cgroup.map(Path::to_path_buf),
+            vforked: !plan.parent_sync,
         });
     }
     let err = std::io::Error::last_os_error();
@@ -400,6 +466,7 @@ fn spawn(
         return Err(ContainerError::Spawn(format!("clone3: {err}")));
     }
     let mut stack = vec![0u8; CHILD_STACK];
+    let plan = &*plan;
     // SAFETY: as for clone3 above; the child runs on `stack`, which its few small frames
     // cannot overflow, in its own copy of memory (no CLONE_VM).
     let pid = unsafe {
@@ -424,7 +491,86 @@ fn spawn(
         // SAFETY: `fd` is a fresh descriptor we own.
         pidfd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
         placed: None,
+        vforked: false,
     })
+}
+
+/// Whether [`clone_vfork`] is implemented for this architecture.
+const VFORK_SUPPORTED: bool = cfg!(target_arch = "x86_64");
+
+/// clone3 with `CLONE_VM|CLONE_VFORK` on a stack of the child's own: returns the child's pid
+/// (or -1 with errno set) once the child has exec'd or exited.
+#[cfg(target_arch = "x86_64")]
+fn clone_vfork(args: &mut CloneArgs, plan: &ChildPlan) -> libc::c_long {
+    /// Where the child starts, on its own stack. Never returns.
+    extern "C" fn child_entry(plan: *const ChildPlan) -> ! {
+        // SAFETY: the plan outlives the child's use of it: the cloning thread, which owns
+        // it, is suspended until the child execs or exits.
+        child_main(unsafe { &*plan });
+        // SAFETY: not reached (child_main execs or exits); _exit is always safe to call.
+        unsafe { libc::_exit(127) }
+    }
+
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The x86-64 ABI wants the stack pointer 16-byte aligned at a call.
+    let skip = stack.as_ptr().align_offset(16);
+    let usable = (CHILD_STACK - skip) & !15;
+    args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+    args.stack = stack[skip..].as_mut_ptr() as u64;
+    args.stack_size = usable as u64;
+    // Signals stay blocked until the child has reset every disposition to the default
+    // (child.rs): a handler of ours must not run in the child, on memory it shares with us.
+    // SAFETY: a filled signal set; the old mask is restored below.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    let ret: libc::c_long;
+    // SAFETY: the raw clone3 syscall. In the parent, only rax (the result), rcx and r11
+    // (clobbered by `syscall`) change. The child starts on `stack` (kernel-set rsp, aligned
+    // above), with our registers: it clears the frame pointer and calls `child_entry(plan)`,
+    // which never returns; `ud2` traps if it ever did. `stack` and `plan` outlive the child's
+    // use of them since CLONE_VFORK suspends this thread until the child execs or exits, and
+    // the child writes only to its own stack (child.rs).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") plan as *const ChildPlan,
+            in("r13") child_entry as extern "C" fn(*const ChildPlan) -> !,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    let err = (ret < 0).then(|| -ret as i32);
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    match err {
+        Some(e) => {
+            nix::errno::Errno::set_raw(e);
+            -1
+        }
+        None => ret,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn clone_vfork(_: &mut CloneArgs, _: &ChildPlan) -> libc::c_long {
+    unreachable!("VFORK_SUPPORTED is false on this architecture")
 }
 
 /// Watch a pidfd: it becomes readable when the process exits.

@@ -1,5 +1,5 @@
 //! The state directory: one subdirectory per live sandbox with a record of everything it holds
-//! on the host (process, cgroups, veth, upper dir), so that a runner killed with SIGKILL can
+//! on the host (process, cgroups, veth, idmapped layers), so that a runner killed with SIGKILL can
 //! find and remove it all at its next start ([`reconcile`]).
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{cgroup, network, ContainerError};
 
 const RECORD: &str = "sandbox.json";
+/// Next to `sandboxes/`: see [`StateDir::scratch_dir`].
+const SCRATCH: &str = "scratch";
 /// Mount points of idmapped layers inside a sandbox dir: `lower-0`, `lower-1`, ...
 pub const LOWER_PREFIX: &str = "lower-";
 
@@ -40,14 +42,22 @@ impl StateDir {
     pub fn new(state_dir: &Path) -> Result<Self, ContainerError> {
         let root = state_dir.join("sandboxes");
         std::fs::create_dir_all(&root).map_err(ContainerError::io(&root))?;
+        let scratch = state_dir.join(SCRATCH);
+        std::fs::create_dir_all(&scratch).map_err(ContainerError::io(&scratch))?;
         // Searchable (not listable) by others: the mapped root of a user-namespaced step must
-        // reach its own upper dir when it mounts the overlay.
+        // reach its scratch dir and idmapped layers when it mounts the overlay.
         use std::os::unix::fs::PermissionsExt;
-        for dir in [state_dir, root.as_path()] {
+        for dir in [state_dir, root.as_path(), scratch.as_path()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(ContainerError::io(dir))?;
         }
         Ok(StateDir { root })
+    }
+
+    /// The (always empty) directory every sandbox mounts its scratch tmpfs on, in its own
+    /// mount namespace.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.root.with_file_name(SCRATCH)
     }
 
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {

@@ -338,7 +338,7 @@ impl Shared {
         if let Some(dir) = job_dir {
             let d = dir.clone();
             let removed = tokio::task::spawn_blocking(move || {
-                snapshot::unmount_under(&d).and_then(|()| workspace::remove_tree(&d))
+                snapshot::unmount_snapshot(&d).and_then(|()| workspace::remove_tree(&d))
             })
             .await;
             if let Ok(Err(e)) = removed {

@@ -39,6 +39,7 @@ pub async fn build(
             .with_context(|| format!("cannot open the image store {}", paths.images().display()))?,
     );
     let mut cfg = ContainerConfig::new(container_state, images.clone());
+    cfg.scratch = config.container.scratch()?;
     // `image: host` steps must not see the runner's own data (images, other jobs' workspaces,
     // state) nor its config (tokens).
     cfg.masked_paths = vec![paths.data_dir.clone()];

@@ -37,9 +37,17 @@ pub trait Cgroup: Send + Sync + std::fmt::Debug {
     /// (`CLONE_INTO_CGROUP`): much cheaper than moving it afterwards, which waits for an RCU
     /// grace period in the kernel (several milliseconds).
     fn clone_target(&self) -> Option<&Path>;
+    /// The `cgroup.procs` files a process must be written into to be fully inside this
+    /// cgroup, leaving out `placed`, the directory it was already cloned into, if any.
+    fn procs_files(&self, placed: Option<&Path>) -> Vec<PathBuf>;
     /// Move `pid` (and so everything it will start) into the cgroup; `placed` is the
     /// directory it was already cloned into, if any.
-    fn add(&self, pid: i32, placed: Option<&Path>) -> Result<(), CgroupError>;
+    fn add(&self, pid: i32, placed: Option<&Path>) -> Result<(), CgroupError> {
+        for file in self.procs_files(placed) {
+            write(&file, &pid.to_string())?;
+        }
+        Ok(())
+    }
     /// Kill every process in the cgroup.
     fn kill(&self) -> Result<(), CgroupError>;
     /// Whether the kernel's OOM killer killed a process of this cgroup.

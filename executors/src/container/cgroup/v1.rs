@@ -120,11 +120,12 @@ impl Cgroup for V1Cgroup {
             .filter(|d| d.join("cgroup.kill").exists())
     }
 
-    fn add(&self, pid: i32, placed: Option<&Path>) -> Result<(), CgroupError> {
-        for dir in self.dirs.iter().filter(|d| Some(d.as_path()) != placed) {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
+    fn procs_files(&self, placed: Option<&Path>) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .filter(|d| Some(d.as_path()) != placed)
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
     }
 
     fn kill(&self) -> Result<(), CgroupError> {

@@ -125,11 +125,11 @@ impl Cgroup for V2Cgroup {
         Some(&self.dir)
     }
 
-    fn add(&self, pid: i32, placed: Option<&Path>) -> Result<(), CgroupError> {
+    fn procs_files(&self, placed: Option<&Path>) -> Vec<PathBuf> {
         if placed == Some(self.dir.as_path()) {
-            return Ok(());
+            return Vec::new();
         }
-        write(&self.dir.join("cgroup.procs"), &pid.to_string())
+        vec![self.dir.join("cgroup.procs")]
     }
 
     fn kill(&self) -> Result<(), CgroupError> {

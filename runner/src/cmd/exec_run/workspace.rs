@@ -53,8 +53,22 @@ impl RunDir {
     }
 
     /// Remove the run's directory (the lock goes with it), unmounting what is left first.
+    /// Jobs unmount and remove their own directories; only when one is left (its job could
+    /// not clean up) is the mount table scanned for what may still be mounted below.
     pub fn remove(&self) -> anyhow::Result<()> {
-        super::snapshot::unmount_under(&self.path)
+        let job_left = fs::read_dir(&self.path)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("job"))
+            })
+            .unwrap_or(true);
+        let unmounted = if job_left {
+            super::snapshot::unmount_under(&self.path)
+        } else {
+            Ok(())
+        };
+        unmounted
             .and_then(|()| remove_tree(&self.path))
             .with_context(|| format!("cannot remove the run directory {}", self.path.display()))
     }
