@@ -4,6 +4,9 @@
 //!
 //! Each test has its own source tree and `--data-dir`, so they run in parallel safely.
 
+#[path = "support/runs.rs"]
+mod runs;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -627,6 +630,8 @@ fn assert_no_leftovers(data: &Path, process_marker: Option<&str>) {
             .collect();
         assert!(left.is_empty(), "sandboxes left: {left:?}");
     }
+    let runs = runs::runs_of(&data);
+    assert!(runs.is_empty(), "run directories left: {runs:?}");
     let exec = data.join("exec");
     if exec.exists() {
         let left: Vec<_> = std::fs::read_dir(&exec)

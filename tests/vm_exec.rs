@@ -2,6 +2,9 @@
 //! real registry on 127.0.0.1, real QEMU with the Debian cloud kernel (from
 //! `deploy/setup-vm-kernel.sh`) and the guest agent built from this tree.
 
+#[path = "support/runs.rs"]
+mod runs;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -128,6 +131,8 @@ async fn container_vm_container_job_through_runner_exec() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+    let runs = runs::runs_of(&data);
+    assert!(runs.is_empty(), "run directories left: {runs:?}");
 }
 
 /// Ctrl-C while a VM step runs: `runner exec` exits 130, and neither QEMU nor the job's
@@ -202,4 +207,6 @@ async fn ctrl_c_during_a_vm_step_leaves_no_qemu_and_no_workspace() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+    let runs = runs::runs_of(&data);
+    assert!(runs.is_empty(), "run directories left: {runs:?}");
 }

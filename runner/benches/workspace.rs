@@ -87,11 +87,16 @@ fn main() {
     let mut snaps = Vec::new();
     for i in 0..15 {
         let job = scratch.path().join(format!("snap{i}"));
+        let dirs = workspace::JobDirs {
+            merged: job.join("ws"),
+            upper: job.join("upper"),
+            work: job.join("work"),
+        };
         let t = Instant::now();
-        snapshot::mount_snapshot(&source, &job).expect("overlay mount");
-        snapshot::unmount_under(&job).expect("unmount");
-        workspace::remove_tree(&job).unwrap();
+        snapshot::mount_snapshot(&source, &dirs).expect("overlay mount");
+        dirs.remove().expect("unmount and remove");
         snaps.push(t.elapsed());
+        workspace::remove_tree(&job).unwrap();
     }
     let snap = median(snaps);
     println!(

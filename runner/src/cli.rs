@@ -24,6 +24,10 @@ pub struct GlobalArgs {
     /// Config file (TOML) [default: /etc/runner/config.toml as root, XDG config dir otherwise]
     #[arg(long, global = true, env = "RUNNER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Runtime directory: locks, sandbox records and mount points of live runs, best on tmpfs
+    /// [default: /run/runner as root, $XDG_RUNTIME_DIR/runner or <data-dir>/run otherwise]
+    #[arg(long, global = true, env = "RUNNER_RUNTIME_DIR", value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::schedule::JobOutcome;
 use self::terminal::{Message, Printer, Style};
-use self::workspace::RunDir;
+use self::workspace::{JobDirs, RunDir};
 use super::exec::Args;
 use super::Context;
 use crate::jobrun::{self, Executors, JobRequest, JobStatus};
@@ -67,7 +67,7 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     // their workspaces. Each run keeps its sandbox records in its own run directory, so this
     // never touches a run that is still alive.
     let mut sandboxes = 0;
-    let stale = workspace::reconcile(&ctx.paths.data_dir, |dir| {
+    let stale = workspace::reconcile(&ctx.paths.runtime_dir, &ctx.paths.data_dir, |dir| {
         let state = dir.join(CONTAINER_STATE);
         if state.exists() {
             sandboxes += jobrun::setup::reconcile_container_state(&state)?.len();
@@ -78,7 +78,7 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
         tracing::info!("removed {stale} run(s) and {sandboxes} sandbox(es) left by runs that died");
     }
     let run_id = new_run_id();
-    let run_dir = RunDir::create(&ctx.paths.data_dir, &run_id)?;
+    let run_dir = RunDir::create(&ctx.paths.runtime_dir, &ctx.paths.data_dir, &run_id)?;
     let config = crate::config::Config::load(&ctx.paths.config_file)?;
     let vm_step = vm_step(&plan);
     let built = jobrun::setup::build(
@@ -335,16 +335,13 @@ impl Shared {
         };
         let result = jobrun::run_job(&self.executors, req, ev_tx, self.cancel.child_token()).await;
         let _ = forward.await;
-        if let Some(dir) = job_dir {
-            let d = dir.clone();
-            let removed = tokio::task::spawn_blocking(move || {
-                snapshot::unmount_snapshot(&d).and_then(|()| workspace::remove_tree(&d))
-            })
-            .await;
+        if let Some(dirs) = job_dir {
+            let d = dirs.clone();
+            let removed = tokio::task::spawn_blocking(move || d.remove()).await;
             if let Ok(Err(e)) = removed {
                 info(format!(
                     "warning: cannot remove the workspace {}: {e}",
-                    dir.display()
+                    dirs.merged.display()
                 ))
                 .await;
             }
@@ -358,14 +355,14 @@ impl Shared {
         }
     }
 
-    /// A new job directory holding the workspace (an overlay snapshot or a copy of the source
-    /// tree), and a line saying which.
+    /// The directories of a new workspace (an overlay snapshot or a copy of the source tree),
+    /// the workspace, and a line saying which it is.
     async fn fresh_workspace(
         &self,
         i: usize,
         attempt: u32,
-    ) -> anyhow::Result<(PathBuf, PathBuf, String)> {
-        let dir = self.run_dir.job_dir(i, attempt)?;
+    ) -> anyhow::Result<(JobDirs, PathBuf, String)> {
+        let dir = self.run_dir.job_dirs(i, attempt)?;
         let t = Instant::now();
         let mut fallback = String::new();
         if self.snapshot {
@@ -382,7 +379,8 @@ impl Shared {
                 Err(e) => fallback = format!("no overlay snapshot ({e}), "),
             }
         }
-        let ws = dir.join("workspace");
+        // The copy is the workspace itself, on disk.
+        let ws = dir.upper.clone();
         std::fs::create_dir_all(&ws)?;
         let (src, dst, exclude) = (self.source.clone(), ws.clone(), self.exclude.clone());
         let stats = tokio::task::spawn_blocking(move || workspace::copy_tree(&src, &dst, &exclude))

@@ -30,7 +30,11 @@ pub struct Context {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Context {
-        paths: Paths::resolve(cli.global.data_dir, cli.global.config),
+        paths: Paths::resolve(
+            cli.global.data_dir,
+            cli.global.config,
+            cli.global.runtime_dir,
+        ),
     };
     match cli.command {
         Command::Exec(a) => exec::run(&ctx, a).await,

@@ -16,41 +16,26 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// The layout of one job's snapshot under its job directory.
-pub struct Layout {
-    pub upper: PathBuf,
-    pub work: PathBuf,
-    pub merged: PathBuf,
-}
+use super::workspace::JobDirs;
 
-impl Layout {
-    pub fn under(job_dir: &Path) -> Layout {
-        Layout {
-            upper: job_dir.join("upper"),
-            work: job_dir.join("work"),
-            merged: job_dir.join("workspace"),
-        }
-    }
-}
-
-/// Mount the snapshot of `source`; returns the merged directory (the workspace).
-pub fn mount_snapshot(source: &Path, job_dir: &Path) -> io::Result<PathBuf> {
-    let l = Layout::under(job_dir);
-    for d in [&l.upper, &l.work, &l.merged] {
+/// Mount the snapshot of `source` on `dirs.merged`, with its upper and work dirs where
+/// `dirs` says (all three are created); returns the merged directory (the workspace).
+pub fn mount_snapshot(source: &Path, dirs: &JobDirs) -> io::Result<PathBuf> {
+    for d in [&dirs.upper, &dirs.work, &dirs.merged] {
         std::fs::create_dir_all(d)?;
     }
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         escape(source)?,
-        escape(&l.upper)?,
-        escape(&l.work)?
+        escape(&dirs.upper)?,
+        escape(&dirs.work)?
     );
     // `volatile` (Linux 5.10+): the upper dir is thrown away with the job, so overlayfs need
     // not sync it to disk when it is unmounted (a journal commit and a disk flush per job).
     let mount_with = |data: &str| {
         mount(
             Some("runner-workspace"),
-            &l.merged,
+            &dirs.merged,
             Some("overlay"),
             MsFlags::MS_NODEV,
             Some(data),
@@ -60,27 +45,27 @@ pub fn mount_snapshot(source: &Path, job_dir: &Path) -> io::Result<PathBuf> {
         Err(nix::errno::Errno::EINVAL) => mount_with(&data).map_err(io::Error::from)?,
         other => other.map_err(io::Error::from)?,
     }
-    Ok(l.merged)
+    Ok(dirs.merged.clone())
 }
 
-/// Unmount the snapshot `mount_snapshot` made under `job_dir`, if it is there, without
-/// scanning the mount table. Errors if the workspace is still a mount point afterwards, so
-/// that the caller never deletes through a mount.
-pub fn unmount_snapshot(job_dir: &Path) -> io::Result<()> {
+/// Unmount the snapshot `mount_snapshot` made on `merged`, if it is there, without scanning
+/// the mount table. Errors if `merged` is still a mount point afterwards, so that the caller
+/// never deletes through a mount.
+pub fn unmount_snapshot(merged: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let merged = Layout::under(job_dir).merged;
-    match umount2(&merged, MntFlags::MNT_DETACH) {
+    match umount2(merged, MntFlags::MNT_DETACH) {
         // EINVAL: not a mount point (a copied workspace); ENOENT: never created.
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(io::Error::from(e)),
     }
-    let inner = match std::fs::symlink_metadata(&merged) {
+    let inner = match std::fs::symlink_metadata(merged) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    // A directory on the job dir's own filesystem is no longer a mount point of another one.
-    if inner.dev() != std::fs::symlink_metadata(job_dir)?.dev() {
+    // A directory on its parent's filesystem is no longer a mount point of another one.
+    let parent = merged.parent().unwrap_or(Path::new("/"));
+    if inner.dev() != std::fs::symlink_metadata(parent)?.dev() {
         return Err(io::Error::other(format!(
             "{} is still mounted after unmounting it",
             merged.display()
@@ -171,6 +156,14 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/trail\04"), r"/trail\04");
     }
 
+    fn dirs_in(dir: &Path) -> JobDirs {
+        JobDirs {
+            merged: dir.join("ws"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        }
+    }
+
     #[test]
     fn option_separators_are_escaped() {
         assert_eq!(escape(Path::new("/a,b:c\\d")).unwrap(), r"/a\,b\:c\\d");
@@ -186,7 +179,7 @@ mod tests {
         std::fs::write(src.path().join("file"), "original").unwrap();
         std::fs::create_dir(src.path().join("dir")).unwrap();
         let job = tempfile::tempdir().unwrap();
-        let ws = mount_snapshot(src.path(), job.path()).unwrap();
+        let ws = mount_snapshot(src.path(), &dirs_in(job.path())).unwrap();
         assert_eq!(
             std::fs::read_to_string(ws.join("file")).unwrap(),
             "original"
@@ -203,11 +196,11 @@ mod tests {
         assert!(!src.path().join("new").exists());
         assert!(src.path().join("dir").is_dir());
         assert_eq!(mounts_under(job.path()).unwrap(), vec![ws.clone()]);
-        unmount_snapshot(job.path()).unwrap();
+        unmount_snapshot(&ws).unwrap();
         assert!(mounts_under(job.path()).unwrap().is_empty());
         assert!(!ws.join("file").exists());
         // Nothing mounted any more (or a copied workspace): nothing to do, no error.
-        unmount_snapshot(job.path()).unwrap();
+        unmount_snapshot(&ws).unwrap();
     }
 
     #[test]
@@ -218,9 +211,9 @@ mod tests {
         }
         let src = tempfile::tempdir().unwrap();
         let job = tempfile::tempdir().unwrap();
-        let ws = mount_snapshot(src.path(), job.path()).unwrap();
+        let ws = mount_snapshot(src.path(), &dirs_in(job.path())).unwrap();
         // Two mounts stacked on the workspace: one unmount leaves the other.
-        let second = mount_snapshot(src.path(), &job.path().join("second")).unwrap();
+        let second = mount_snapshot(src.path(), &dirs_in(&job.path().join("second"))).unwrap();
         mount(
             Some(second.as_path()),
             &ws,
@@ -229,7 +222,7 @@ mod tests {
             None::<&str>,
         )
         .unwrap();
-        let err = unmount_snapshot(job.path()).unwrap_err();
+        let err = unmount_snapshot(&ws).unwrap_err();
         assert!(err.to_string().contains("still mounted"), "{err}");
         unmount_under(job.path()).unwrap();
         assert!(mounts_under(job.path()).unwrap().is_empty());

@@ -18,7 +18,7 @@ async fn go(plan: &Plan, source: &Path, data: &Path, bind: bool, secrets: &[(&st
     let run_id = new_run_id();
     let setup = Setup {
         data_dir: data.to_path_buf(),
-        run_dir: RunDir::create(data, &run_id).unwrap(),
+        run_dir: RunDir::create(&data.join("run"), data, &run_id).unwrap(),
         run_id,
         source: source.to_path_buf(),
         bind,
@@ -91,10 +91,10 @@ async fn jobs_get_private_copies_of_the_source_and_leave_nothing_behind() {
     );
     assert!(!src.path().join("out.txt").exists());
     // Every workspace and the run directory are gone.
-    let left: Vec<_> = std::fs::read_dir(data.path().join("exec"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    for dir in [data.path().join("exec"), data.path().join("run/exec")] {
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+    }
     assert!(
         r.text.contains("2 jobs: 2 succeeded, 0 failed, 0 skipped"),
         "{}",

@@ -1,8 +1,14 @@
 //! Where `runner exec` keeps a run's job workspaces, and how the source tree gets into them.
 //!
-//! Each run owns `<data-dir>/exec/<run-id>/`, holding an exclusive `flock` on its `lock` file
-//! for as long as it lives. At start-up every run directory whose lock can be taken belongs to
-//! a runner that died (even by SIGKILL) and is removed: nothing survives a killed runner.
+//! Each run owns `<runtime-dir>/exec/<run-id>/` (a tmpfs as a rule: see `paths.rs`), holding
+//! an exclusive `flock` on its `lock` file for as long as it lives, its container state and the
+//! mount points of its job workspaces, and the file `data-dir` naming where its on-disk parts
+//! are: the upper and work dirs of each job's snapshot (or its copy), as
+//! `<data-dir>/exec/<run-id>.<job>.upper` and `.work`, since what a job builds may be large.
+//! At start-up every run whose lock can be taken belongs to a runner that died (even by
+//! SIGKILL) and is removed with its on-disk parts, and on-disk parts whose run has no lock any
+//! more (the runtime dir is emptied by a reboot) are removed too: nothing survives a killed
+//! runner.
 //!
 //! The workspace is an overlay snapshot of the source tree where possible (see `snapshot`).
 //! Otherwise the source tree is copied whole (`.git`, `target/`, everything: a pipeline sees what the
@@ -13,23 +19,52 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use nix::fcntl::{Flock, FlockArg};
 
-/// The run's directory under the data dir, locked while this process lives.
+/// The run's directory under the runtime dir, locked while this process lives.
 #[derive(Debug)]
 pub struct RunDir {
+    /// `<runtime-dir>/exec/<run-id>`.
     pub path: PathBuf,
+    /// `<data-dir>/exec`, where the run's on-disk parts are named `<run-id>.<...>`.
+    data_exec: PathBuf,
+    run_id: String,
     /// Holds the lock; released when dropped (or when the process dies).
     _lock: Flock<File>,
 }
 
+/// Where one attempt of one job keeps its workspace.
+#[derive(Debug, Clone)]
+pub struct JobDirs {
+    /// The workspace steps see: the snapshot's mount point (in the runtime dir).
+    pub merged: PathBuf,
+    /// On disk: the snapshot's upper dir, or the copy itself when there is no snapshot.
+    pub upper: PathBuf,
+    /// On disk: the snapshot's work dir.
+    pub work: PathBuf,
+}
+
+impl JobDirs {
+    /// Unmount the snapshot if there is one and remove all three.
+    pub fn remove(&self) -> io::Result<()> {
+        super::snapshot::unmount_snapshot(&self.merged)?;
+        remove_tree(&self.upper)?;
+        remove_tree(&self.work)?;
+        remove_tree(&self.merged)
+    }
+}
+
+/// Name of the file in a run's directory that holds its `<data-dir>/exec` path.
+const DATA_POINTER: &str = "data-dir";
+
 impl RunDir {
-    pub fn create(data_dir: &Path, run_id: &str) -> anyhow::Result<RunDir> {
-        let path = exec_root(data_dir).join(run_id);
+    pub fn create(runtime_dir: &Path, data_dir: &Path, run_id: &str) -> anyhow::Result<RunDir> {
+        let path = exec_root(runtime_dir).join(run_id);
         fs::create_dir_all(&path)
             .with_context(|| format!("cannot create the run directory {}", path.display()))?;
         let Some(lock) = try_lock(File::create(path.join("lock"))?)? else {
@@ -38,23 +73,42 @@ impl RunDir {
                 path.display()
             );
         };
-        Ok(RunDir { path, _lock: lock })
+        let data_exec = std::path::absolute(exec_root(data_dir))?;
+        fs::create_dir_all(&data_exec)
+            .with_context(|| format!("cannot create {}", data_exec.display()))?;
+        fs::write(
+            path.join(DATA_POINTER),
+            data_exec.as_os_str().as_encoded_bytes(),
+        )?;
+        Ok(RunDir {
+            path,
+            data_exec,
+            run_id: run_id.to_string(),
+            _lock: lock,
+        })
     }
 
-    /// A fresh, empty directory for one attempt of one job.
-    pub fn job_dir(&self, job_index: usize, attempt: u32) -> anyhow::Result<PathBuf> {
-        let dir = self.path.join(format!("job{job_index}-{attempt}"));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
+    /// Fresh, empty places for one attempt of one job (the directories are created by the
+    /// snapshot or the copy).
+    pub fn job_dirs(&self, job_index: usize, attempt: u32) -> anyhow::Result<JobDirs> {
+        let job = format!("job{job_index}-{attempt}");
+        let on_disk = |what: &str| self.data_exec.join(format!("{}.{job}.{what}", self.run_id));
+        let dirs = JobDirs {
+            merged: self.path.join(&job),
+            upper: on_disk("upper"),
+            work: on_disk("work"),
+        };
+        // Only ever there if a job index and attempt were used twice: start clean.
+        if dirs.merged.exists() || dirs.upper.exists() {
+            dirs.remove()?;
         }
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the job workspace {}", dir.display()))?;
-        Ok(dir)
+        Ok(dirs)
     }
 
-    /// Remove the run's directory (the lock goes with it), unmounting what is left first.
-    /// Jobs unmount and remove their own directories; only when one is left (its job could
-    /// not clean up) is the mount table scanned for what may still be mounted below.
+    /// Remove the run's directory (the lock goes with it) and its on-disk parts, unmounting
+    /// what is left first. Jobs unmount and remove their own directories; only when one is
+    /// left (its job could not clean up) is the mount table scanned for what may still be
+    /// mounted below.
     pub fn remove(&self) -> anyhow::Result<()> {
         let job_left = fs::read_dir(&self.path)
             .map(|entries| {
@@ -69,30 +123,55 @@ impl RunDir {
             Ok(())
         };
         unmounted
+            .and_then(|()| remove_data_parts(&self.data_exec, &self.run_id))
             .and_then(|()| remove_tree(&self.path))
             .with_context(|| format!("cannot remove the run directory {}", self.path.display()))
     }
 }
 
-pub fn exec_root(data_dir: &Path) -> PathBuf {
-    data_dir.join("exec")
+/// `<dir>/exec`, in the runtime dir (run directories) and in the data dir (their on-disk
+/// parts).
+pub fn exec_root(dir: &Path) -> PathBuf {
+    dir.join("exec")
 }
 
-/// Remove what runs that died left behind. `before_remove` is called with each dead run's
-/// directory first, while this process holds its lock (to tear down its sandboxes). Returns
-/// how many run directories were removed.
+/// Remove the on-disk parts of run `run_id` from `data_exec`.
+fn remove_data_parts(data_exec: &Path, run_id: &str) -> io::Result<()> {
+    let entries = match fs::read_dir(data_exec) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        if run_of(&entry.file_name().to_string_lossy()) == run_id {
+            remove_tree(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The run an on-disk part belongs to: its name up to the first `.`.
+fn run_of(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// Remove what runs that died left behind: first every run in the runtime dir whose lock can
+/// be taken (`before_remove` is called with its directory first, while this process holds its
+/// lock, to tear down its sandboxes), with its on-disk parts; then on-disk parts in the data
+/// dir whose run has no directory any more. Returns how many runs were removed.
 pub fn reconcile(
+    runtime_dir: &Path,
     data_dir: &Path,
     mut before_remove: impl FnMut(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
-    let root = exec_root(data_dir);
-    let entries = match fs::read_dir(&root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
-    };
+    let runs = exec_root(runtime_dir);
     let mut removed = 0;
-    for entry in entries {
+    let entries = match fs::read_dir(&runs) {
+        Ok(e) => Some(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", runs.display())),
+    };
+    for entry in entries.into_iter().flatten() {
         let path = entry?.path();
         // Taking the lock proves its owner is gone; it stays held until the tree is gone.
         let (stale, _held) = match File::open(path.join("lock")) {
@@ -106,11 +185,39 @@ pub fn reconcile(
         };
         if stale {
             before_remove(&path)?;
-            super::snapshot::unmount_under(&path)
-                .and_then(|()| remove_tree(&path))
+            let run_id = path.file_name().unwrap_or_default().to_string_lossy();
+            let gone = super::snapshot::unmount_under(&path).and_then(|()| {
+                match fs::read(path.join(DATA_POINTER)) {
+                    Ok(p) => remove_data_parts(Path::new(std::ffi::OsStr::from_bytes(&p)), &run_id),
+                    Err(_) => Ok(()),
+                }
+            });
+            gone.and_then(|()| remove_tree(&path))
                 .with_context(|| format!("cannot remove stale run {}", path.display()))?;
             removed += 1;
         }
+    }
+    // On-disk parts of runs that are gone (a reboot empties the runtime dir). A live run
+    // creates its locked directory before any part, so a part without one is stale.
+    let data_exec = exec_root(data_dir);
+    let parts = match fs::read_dir(&data_exec) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", data_exec.display())),
+    };
+    for entry in parts {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if runs.join(run_of(&name)).join("lock").exists() {
+            continue;
+        }
+        // A run directory of the layout before the runtime dir holds its own state.
+        if path.join("lock").exists() {
+            before_remove(&path)?;
+        }
+        super::snapshot::unmount_under(&path)
+            .and_then(|()| remove_tree(&path))
+            .with_context(|| format!("cannot remove stale {}", path.display()))?;
     }
     Ok(removed)
 }
@@ -254,24 +361,41 @@ mod tests {
 
     #[test]
     fn a_dead_runs_directory_is_reconciled_and_a_live_one_is_kept() {
-        let data = tempfile::tempdir().unwrap();
-        let live = RunDir::create(data.path(), "live").unwrap();
-        let dead = exec_root(data.path()).join("dead");
-        fs::create_dir_all(dead.join("job0-0/sub")).unwrap();
+        let (runtime, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (rt, dd) = (runtime.path(), data.path());
+        let live = RunDir::create(rt, dd, "live").unwrap();
+        let live_job = live.job_dirs(0, 1).unwrap();
+        fs::create_dir_all(&live_job.upper).unwrap();
+        // A run that died: its (unlocked) directory, and a job's parts on disk.
+        let dead = exec_root(rt).join("dead");
+        fs::create_dir_all(dead.join("job0-0")).unwrap();
         fs::write(dead.join("lock"), b"").unwrap();
+        let data_exec = std::path::absolute(exec_root(dd)).unwrap();
+        fs::write(
+            dead.join(DATA_POINTER),
+            data_exec.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        let dead_upper = data_exec.join("dead.job0-0.upper");
+        fs::create_dir_all(dead_upper.join("sub")).unwrap();
         // A read-only directory a step left behind must not stop the clean-up.
-        fs::set_permissions(dead.join("job0-0/sub"), fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(dead_upper.join("sub"), fs::Permissions::from_mode(0o500)).unwrap();
+        // Parts of a run from before a reboot: no run directory at all any more.
+        let rebooted = data_exec.join("old.job1-1.work");
+        fs::create_dir_all(rebooted.join("work")).unwrap();
+
         let mut seen = Vec::new();
-        let removed = reconcile(data.path(), |p| {
+        let removed = reconcile(rt, dd, |p| {
             seen.push(p.to_path_buf());
             Ok(())
         });
         assert_eq!(removed.unwrap(), 1);
         assert_eq!(seen, vec![dead.clone()]);
-        assert!(!dead.exists());
-        assert!(live.path.exists());
+        assert!(!dead.exists() && !dead_upper.exists() && !rebooted.exists());
+        assert!(live.path.exists() && live_job.upper.exists());
         live.remove().unwrap();
-        assert_eq!(fs::read_dir(exec_root(data.path())).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(exec_root(rt)).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(exec_root(dd)).unwrap().count(), 0);
     }
 
     #[test]
@@ -282,17 +406,18 @@ mod tests {
         }
         let src = tempfile::tempdir().unwrap();
         fs::write(src.path().join("precious"), b"keep me").unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let dead = exec_root(data.path()).join("dead");
-        fs::create_dir_all(&dead).unwrap();
-        fs::write(dead.join("lock"), b"").unwrap();
-        let ws = super::super::snapshot::mount_snapshot(src.path(), &dead.join("job0-1")).unwrap();
+        let (runtime, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (rt, dd) = (runtime.path(), data.path());
+        let run = RunDir::create(rt, dd, "dead").unwrap();
+        let dirs = run.job_dirs(0, 1).unwrap();
+        let ws = super::super::snapshot::mount_snapshot(src.path(), &dirs).unwrap();
         assert!(ws.join("precious").exists());
-        assert_eq!(reconcile(data.path(), |_| Ok(())).unwrap(), 1);
-        assert!(!dead.exists());
-        assert!(super::super::snapshot::mounts_under(data.path())
-            .unwrap()
-            .is_empty());
+        // The run dies without cleaning up: its lock goes with it.
+        drop(run);
+        assert_eq!(reconcile(rt, dd, |_| Ok(())).unwrap(), 1);
+        assert!(!ws.exists() && !dirs.upper.exists() && !dirs.work.exists());
+        assert!(super::super::snapshot::mounts_under(rt).unwrap().is_empty());
         assert_eq!(fs::read(src.path().join("precious")).unwrap(), b"keep me");
+        assert_eq!(fs::read_dir(exec_root(dd)).unwrap().count(), 0);
     }
 }
