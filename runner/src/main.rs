@@ -11,11 +11,9 @@ mod metrics;
 mod paths;
 mod protocol;
 
-use std::process::ExitCode;
-
 use clap::Parser;
 
-fn main() -> ExitCode {
+fn main() {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -31,15 +29,21 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            std::process::exit(1);
         }
     };
-    match runtime.block_on(cmd::dispatch(cli)) {
-        Ok(code) => ExitCode::from(code),
+    let code = match runtime.block_on(cmd::dispatch(cli)) {
+        Ok(code) => code,
         Err(e) => {
             // One line with the whole cause chain: what failed and why.
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            1
         }
-    }
+    };
+    // Whatever the command started is finished and torn down inside `dispatch` (sandboxes,
+    // VMs, workspaces, servers: their owners are dropped there, blocking tasks awaited). What
+    // is left is the runtime's idle threads: shutting it down would wake and join them one by
+    // one, pure latency at the end of a short command such as a one-step `runner exec`.
+    // `exit` still flushes stdout.
+    std::process::exit(i32::from(code))
 }

@@ -17,7 +17,7 @@ pub(crate) mod terminal;
 mod tests;
 mod workspace;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,7 +79,22 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     }
     let run_id = new_run_id();
     let run_dir = RunDir::create(&ctx.paths.runtime_dir, &ctx.paths.data_dir, &run_id)?;
-    let config = crate::config::Config::load(&ctx.paths.config_file)?;
+    let source = Arc::new(Source::new(&ctx.paths.data_dir, source));
+    // The first jobs' workspaces are made while the executors are built: one waits on the
+    // kernel (mkdir, mount), the other mostly computes (the seccomp filter).
+    let early = if args.bind_workspace {
+        Early::default()
+    } else {
+        prefetch(&plan, &run_dir, &source, parallel(&args))
+    };
+    let config = match crate::config::Config::load(&ctx.paths.config_file) {
+        Ok(c) => c,
+        Err(e) => {
+            discard(early).await;
+            let _ = run_dir.remove();
+            return Err(e);
+        }
+    };
     let vm_step = vm_step(&plan);
     let built = jobrun::setup::build(
         &ctx.paths,
@@ -91,11 +106,13 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let built = match built {
         Ok(b) => b,
         Err(e) => {
+            discard(early).await;
             let _ = run_dir.remove();
             return Err(e);
         }
     };
     if let (Some((job, step)), None) = (vm_step, &built.executors.vm) {
+        discard(early).await;
         let _ = run_dir.remove();
         anyhow::bail!(
             "step '{step}' of job '{job}' asks for isolation: vm, but the VM executor is not \
@@ -109,15 +126,12 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let cancel = CancellationToken::new();
     let interrupts = interrupt::Interrupts::watch(cancel.clone())?;
     let setup = Setup {
-        data_dir: ctx.paths.data_dir.clone(),
         run_dir,
         run_id,
         source,
+        early,
         bind: args.bind_workspace,
-        parallel: args
-            .parallel
-            .or_else(|| std::thread::available_parallelism().ok())
-            .map_or(1, |n| n.get()),
+        parallel: parallel(&args),
         style: Style {
             color: use_color(),
             timestamps: args.timestamps,
@@ -190,11 +204,12 @@ const CONTAINER_STATE: &str = "sandboxes";
 
 /// Everything a run needs besides the plan and the executors.
 pub(crate) struct Setup {
-    pub data_dir: PathBuf,
     /// This run's locked directory (workspaces, sandbox records), and its id.
     pub run_dir: RunDir,
     pub run_id: String,
-    pub source: PathBuf,
+    pub source: Arc<Source>,
+    /// Workspaces already being made, by job index (first attempts).
+    pub early: Early,
     pub bind: bool,
     pub parallel: usize,
     pub style: Style,
@@ -223,18 +238,13 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
         printer
     });
 
-    let exclude = setup
-        .data_dir
-        .canonicalize()
-        .unwrap_or(setup.data_dir.clone());
     let shared = Arc::new(Shared {
         executors,
         jobs: plan.jobs.clone(),
-        snapshot: nix::unistd::geteuid().is_root() && !exclude.starts_with(&setup.source),
-        exclude,
         run_dir,
         run_id,
         source: setup.source,
+        early: std::sync::Mutex::new(setup.early),
         bind: setup.bind,
         secrets: setup.secrets,
         tx: tx.clone(),
@@ -261,6 +271,9 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
     )
     .await;
     drop(tx);
+    // Workspaces made for jobs that never started (cancelled first).
+    let unused = std::mem::take(&mut *shared.early.lock().unwrap_or_else(|e| e.into_inner()));
+    discard(unused).await;
     let removed = shared.run_dir.remove();
     drop(shared);
     // Waited for off the runtime: queued notices still need it to reach the printer.
@@ -280,13 +293,10 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
 struct Shared {
     executors: Executors,
     jobs: Vec<PlannedJob>,
-    /// Never copied into a workspace: the runner's data dir, if it lies in the source tree.
-    exclude: PathBuf,
-    /// Try an overlay snapshot of the source before copying it.
-    snapshot: bool,
     run_dir: RunDir,
     run_id: String,
-    source: PathBuf,
+    source: Arc<Source>,
+    early: std::sync::Mutex<Early>,
     bind: bool,
     secrets: BTreeMap<String, String>,
     tx: mpsc::Sender<Message>,
@@ -307,7 +317,7 @@ impl Shared {
         };
         // The job's own directory (removed at the end) and the workspace the steps see.
         let (job_dir, workspace) = if self.bind {
-            (None, self.source.clone())
+            (None, self.source.path.clone())
         } else {
             match self.fresh_workspace(i, attempt).await {
                 Ok((dir, ws, text)) => {
@@ -357,43 +367,121 @@ impl Shared {
 
     /// The directories of a new workspace (an overlay snapshot or a copy of the source tree),
     /// the workspace, and a line saying which it is.
-    async fn fresh_workspace(
-        &self,
-        i: usize,
-        attempt: u32,
-    ) -> anyhow::Result<(JobDirs, PathBuf, String)> {
-        let dir = self.run_dir.job_dirs(i, attempt)?;
-        let t = Instant::now();
-        let mut fallback = String::new();
-        if self.snapshot {
-            let (src, d) = (self.source.clone(), dir.clone());
-            match tokio::task::spawn_blocking(move || snapshot::mount_snapshot(&src, &d)).await? {
-                Ok(ws) => {
-                    let text = format!(
-                        "workspace: overlay snapshot of {} ({})",
-                        self.source.display(),
-                        terminal::duration(t.elapsed())
-                    );
-                    return Ok((dir, ws, text));
-                }
-                Err(e) => fallback = format!("no overlay snapshot ({e}), "),
-            }
+    async fn fresh_workspace(&self, i: usize, attempt: u32) -> anyhow::Result<Workspace> {
+        let early = (attempt == 1)
+            .then(|| {
+                self.early
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&i)
+            })
+            .flatten();
+        if let Some(made) = early {
+            return made.await?;
         }
-        // The copy is the workspace itself, on disk.
-        let ws = dir.upper.clone();
-        std::fs::create_dir_all(&ws)?;
-        let (src, dst, exclude) = (self.source.clone(), ws.clone(), self.exclude.clone());
-        let stats = tokio::task::spawn_blocking(move || workspace::copy_tree(&src, &dst, &exclude))
-            .await?
-            .with_context(|| format!("copying {} into {}", self.source.display(), ws.display()))?;
-        let text = format!(
-            "workspace: {fallback}copied {} files, {} in {}",
-            stats.files,
-            human_bytes(stats.bytes),
-            terminal::duration(t.elapsed())
-        );
-        Ok((dir, ws, text))
+        let dirs = self.run_dir.job_dirs(i, attempt)?;
+        let source = self.source.clone();
+        tokio::task::spawn_blocking(move || make_workspace(&source, dirs)).await?
     }
+}
+
+/// What job workspaces are made from.
+pub(crate) struct Source {
+    pub path: PathBuf,
+    /// Never copied into a workspace: the runner's data dir, if it lies in the source tree.
+    exclude: PathBuf,
+    /// Try an overlay snapshot of the source before copying it.
+    snapshot: bool,
+}
+
+impl Source {
+    pub fn new(data_dir: &std::path::Path, path: PathBuf) -> Source {
+        let exclude = data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.to_path_buf());
+        Source {
+            snapshot: nix::unistd::geteuid().is_root() && !exclude.starts_with(&path),
+            exclude,
+            path,
+        }
+    }
+}
+
+/// A job's workspace: its directories, the workspace itself, and a line saying what it is.
+type Workspace = (JobDirs, PathBuf, String);
+
+/// Workspaces being made ahead of their jobs, by job index.
+pub(crate) type Early = HashMap<usize, tokio::task::JoinHandle<anyhow::Result<Workspace>>>;
+
+/// Start making the workspaces of the jobs that start first: the first `parallel` that need
+/// nothing, in plan order, as the scheduler picks them.
+fn prefetch(plan: &Plan, run_dir: &RunDir, source: &Arc<Source>, parallel: usize) -> Early {
+    let mut early = Early::new();
+    let first = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.skipped.is_none() && j.needs.is_empty())
+        .take(parallel.max(1));
+    for (i, _) in first {
+        let Ok(dirs) = run_dir.job_dirs(i, 1) else {
+            // The job makes its own and reports why it cannot.
+            continue;
+        };
+        let source = source.clone();
+        early.insert(
+            i,
+            tokio::task::spawn_blocking(move || make_workspace(&source, dirs)),
+        );
+    }
+    early
+}
+
+/// Remove workspaces made for jobs that will not run.
+async fn discard(early: Early) {
+    for (_, made) in early {
+        if let Ok(Ok((dirs, _, _))) = made.await {
+            let _ = tokio::task::spawn_blocking(move || dirs.remove()).await;
+        }
+    }
+}
+
+/// Make a workspace in `dirs`: an overlay snapshot of the source if possible, else a copy.
+fn make_workspace(source: &Source, dirs: JobDirs) -> anyhow::Result<Workspace> {
+    let t = Instant::now();
+    let mut fallback = String::new();
+    if source.snapshot {
+        match snapshot::mount_snapshot(&source.path, &dirs) {
+            Ok(ws) => {
+                let text = format!(
+                    "workspace: overlay snapshot of {} ({})",
+                    source.path.display(),
+                    terminal::duration(t.elapsed())
+                );
+                return Ok((dirs, ws, text));
+            }
+            Err(e) => fallback = format!("no overlay snapshot ({e}), "),
+        }
+    }
+    // The copy is the workspace itself, on disk.
+    let ws = dirs.upper.clone();
+    std::fs::create_dir_all(&ws)?;
+    let stats = workspace::copy_tree(&source.path, &ws, &source.exclude)
+        .with_context(|| format!("copying {} into {}", source.path.display(), ws.display()))?;
+    let text = format!(
+        "workspace: {fallback}copied {} files, {} in {}",
+        stats.files,
+        human_bytes(stats.bytes),
+        terminal::duration(t.elapsed())
+    );
+    Ok((dirs, ws, text))
+}
+
+/// How many jobs may run at once: `--parallel`, else the number of CPUs.
+fn parallel(args: &Args) -> usize {
+    args.parallel
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, |n| n.get())
 }
 
 fn human_bytes(n: u64) -> String {

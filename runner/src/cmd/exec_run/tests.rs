@@ -15,12 +15,31 @@ struct Run {
 }
 
 async fn go(plan: &Plan, source: &Path, data: &Path, bind: bool, secrets: &[(&str, &str)]) -> Run {
+    go_with(plan, source, data, bind, secrets, CancellationToken::new()).await
+}
+
+async fn go_with(
+    plan: &Plan,
+    source: &Path,
+    data: &Path,
+    bind: bool,
+    secrets: &[(&str, &str)],
+    cancel: CancellationToken,
+) -> Run {
     let run_id = new_run_id();
+    let run_dir = RunDir::create(&data.join("run"), data, &run_id).unwrap();
+    let source = Arc::new(Source::new(data, source.to_path_buf()));
+    // As `runner exec` does: the first jobs' workspaces are made ahead.
+    let early = if bind {
+        Early::default()
+    } else {
+        prefetch(plan, &run_dir, &source, 2)
+    };
     let setup = Setup {
-        data_dir: data.to_path_buf(),
-        run_dir: RunDir::create(&data.join("run"), data, &run_id).unwrap(),
+        run_dir,
         run_id,
-        source: source.to_path_buf(),
+        source,
+        early,
         bind,
         parallel: 2,
         style: Style {
@@ -32,15 +51,9 @@ async fn go(plan: &Plan, source: &Path, data: &Path, bind: bool, secrets: &[(&st
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     };
-    let (outcomes, out) = execute(
-        setup,
-        host_executors(),
-        plan,
-        Vec::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let (outcomes, out) = execute(setup, host_executors(), plan, Vec::new(), cancel)
+        .await
+        .unwrap();
     Run {
         text: String::from_utf8(out).unwrap(),
         code: exit_code(plan, &outcomes),
@@ -99,6 +112,34 @@ async fn jobs_get_private_copies_of_the_source_and_leave_nothing_behind() {
         r.text.contains("2 jobs: 2 succeeded, 0 failed, 0 skipped"),
         "{}",
         r.text
+    );
+}
+
+#[tokio::test]
+async fn workspaces_made_ahead_for_jobs_that_never_start_are_removed() {
+    let src = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("input.txt"), "x").unwrap();
+    let p = plan(vec![
+        job("a", vec![step("s", "true")]),
+        job("b", vec![step("s", "true")]),
+    ]);
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let r = go_with(&p, src.path(), data.path(), false, &[], cancel).await;
+    assert!(
+        r.outcomes.iter().all(|o| o.status == JobStatus::Cancelled),
+        "{}",
+        r.text
+    );
+    for dir in [data.path().join("exec"), data.path().join("run/exec")] {
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(data.path().to_str().unwrap()),
+        "a workspace stayed mounted"
     );
 }
 
