@@ -4,6 +4,9 @@
 #
 # "runner-exec" is the whole product: `runner exec` of a one-step `true` pipeline on the same
 # rootfs (imported into the runner's image store): plan, run dir, workspace, sandbox, summary.
+# Its runtime dir (run locks, sandbox records, mount points) is on tmpfs, as /run/runner is on
+# systemd hosts; "runner-exec-runtime-on-disk" puts it in the data dir instead (this VM's /run
+# is on its ext4 disk).
 # "ours" is `container-step` (executors/src/bin): one process that builds a ContainerExecutor,
 # runs one step (`sh -e -c true` in a fresh sandbox: namespaces, overlay root with a fresh
 # upper dir, /proc, /dev, /sys, /tmp, workspace bind, cgroup, caps, seccomp) and removes it.
@@ -17,6 +20,7 @@ WARMUP=${WARMUP:-5}
 WORK=$(mktemp -d /tmp/runner-bench.XXXXXX)
 # The recommended state dir lives on tmpfs (like runc's /run/runc); /dev/shm is tmpfs everywhere.
 STATE_TMPFS=$(mktemp -d /dev/shm/runner-bench-state.XXXXXX)
+RUNTIME_TMPFS=$(mktemp -d /dev/shm/runner-bench-run.XXXXXX)
 DOCKERD_PID=""
 
 cleanup() {
@@ -29,7 +33,7 @@ cleanup() {
     kill "$DOCKERD_PID" 2>/dev/null
     wait "$DOCKERD_PID" 2>/dev/null
   fi
-  rm -rf "$WORK" "$STATE_TMPFS"
+  rm -rf "$WORK" "$STATE_TMPFS" "$RUNTIME_TMPFS"
 }
 trap cleanup EXIT
 
@@ -86,7 +90,17 @@ jobs:
         run: "true"
 YML
 
-EXEC="$RUNNER --data-dir $WORK/data exec $WORK/src/.runner.yml --workspace $WORK/src"
+# The same job with ten steps: what each step after the first costs inside `runner exec`.
+mkdir -p "$WORK/src10"
+{
+  printf 'name: bench\njobs:\n  one:\n    steps:\n'
+  for i in $(seq 10); do
+    printf '      - name: noop%s\n        image: localhost/runner-bench-busybox:latest\n        run: "true"\n' "$i"
+  done
+} >"$WORK/src10/.runner.yml"
+EXEC="$RUNNER --runtime-dir $RUNTIME_TMPFS --data-dir $WORK/data exec $WORK/src/.runner.yml --workspace $WORK/src"
+EXEC10="$RUNNER --runtime-dir $RUNTIME_TMPFS --data-dir $WORK/data exec $WORK/src10/.runner.yml --workspace $WORK/src10"
+EXEC_DISK="$RUNNER --runtime-dir $WORK/run --data-dir $WORK/data exec $WORK/src/.runner.yml --workspace $WORK/src"
 OURS="$STEP --state $STATE_TMPFS --workspace $WORK/ws --rootfs $ROOTFS -- true"
 OURS_DISK="$STEP --state $WORK/state --workspace $WORK/ws --rootfs $ROOTFS -- true"
 # A runner is a long-lived process: 20 steps in one process, reported per step.
@@ -107,9 +121,11 @@ hf() {
 
 echo "bench: run 1 (all but crun)" >&2
 hf --export-json "$WORK/run1.json" \
-  -n runner-exec -n ours -n ours-state-on-disk -n ours-in-process-x$REPEAT -n bwrap -n unshare-chroot \
-  -n runc -n podman -n docker \
-  "$EXEC" "$OURS" "$OURS_DISK" "$OURS_LOOP" "$BWRAP" "$UNSHARE" "$RUNC" "$PODMAN" "$DOCKER" >&2
+  -n runner-exec -n runner-exec-runtime-on-disk -n runner-exec-10-steps -n ours \
+  -n ours-state-on-disk -n ours-in-process-x$REPEAT -n bwrap -n unshare-chroot -n runc -n podman \
+  -n docker \
+  "$EXEC" "$EXEC_DISK" "$EXEC10" "$OURS" "$OURS_DISK" "$OURS_LOOP" "$BWRAP" "$UNSHARE" "$RUNC" \
+  "$PODMAN" "$DOCKER" >&2
 
 # crun 1.8 refuses hosts whose cgroup v2 tree has any controller while v1 is mounted (hybrid).
 # There it runs in a private mount namespace without the v2 tree, with bwrap as the yardstick.
@@ -136,6 +152,10 @@ cpus = {name: cpu(r) for name, r in run1.items()}
 loop = f"ours-in-process-x{repeat}"
 rows[f"ours-in-process (per step)"] = rows.pop(loop) / repeat
 cpus[f"ours-in-process (per step)"] = cpus.pop(loop) / repeat
+# Each step after the first of a ten-step `runner exec` job.
+ten = rows.pop("runner-exec-10-steps")
+cpus.pop("runner-exec-10-steps")
+rows["runner-exec, each further step of a job"] = (ten - rows["runner-exec"]) / 9
 # crun through bwrap: crun_run2 / bwrap_run2 * bwrap_run1
 rows["crun"] = med(run2["crun"]) / med(run2["bwrap"]) * rows["bwrap"]
 ours = rows["ours"]
@@ -146,8 +166,9 @@ for name, ms in sorted(rows.items(), key=lambda kv: kv[1]):
     print(f"| {name} | {ms:.1f} | {ms / ours:.2f}x | {c} |")
 print()
 print(f"ours / bwrap = {ours / rows['bwrap']:.2f} (goal <= 1.5); runc / ours = {rows['runc'] / ours:.2f} (goal >= 3)")
-ex = rows["runner-exec"]
-print(f"runner-exec / bwrap = {ex / rows['bwrap']:.2f}; runc / runner-exec = {rows['runc'] / ex:.2f}")
+for name in ["runner-exec", "runner-exec-runtime-on-disk", "runner-exec, each further step of a job"]:
+    ex = rows[name]
+    print(f"{name} / bwrap = {ex / rows['bwrap']:.2f} (goal <= 1.5); runc / {name} = {rows['runc'] / ex:.2f} (goal >= 3)")
 if sys.argv[3]:
     print(sys.argv[3], f"(crun {med(run2['crun']):.1f} ms, bwrap {med(run2['bwrap']):.1f} ms in run 2)")
 PY
