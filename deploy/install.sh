@@ -10,7 +10,7 @@
 #                       are installed and systemd is not told
 #   UNITDIR=/etc/systemd/system
 #
-# Without --binary it builds the release binary with cargo. It runs deploy/setup.sh (runtime
+# Without --binary it builds the binary with cargo (the dist profile: release + LTO). It runs deploy/setup.sh (runtime
 # packages) unless --no-setup is given or DESTDIR is set. See docs/operating.md.
 set -euo pipefail
 
@@ -100,8 +100,9 @@ fi
 
 if [ -z "$binary" ]; then
   command -v cargo >/dev/null || { echo "install: cargo not found; pass --binary PATH or install Rust" >&2; exit 1; }
-  (cd "$repo" && cargo build --release -p runner)
-  binary="$repo/target/release/runner"
+  # The dist profile (Cargo.toml): release with whole-program optimisation.
+  (cd "$repo" && cargo build --profile dist -p runner)
+  binary="$repo/target/dist/runner"
 fi
 if [ ! -x "$binary" ] || ! "$binary" --version >/dev/null 2>&1; then
   echo "install: $binary is not a working runner binary" >&2
