@@ -125,6 +125,11 @@ hf() {
   hyperfine -N --warmup "$WARMUP" --runs "$RUNS" --style basic "$@"
 }
 
+# Setting up wrote hundreds of MB (binaries, images): let writeback finish first, or the first
+# command measured pays for it.
+sync
+sleep 2
+
 echo "bench: run 1 (all but crun)" >&2
 hf --export-json "$WORK/run1.json" \
   -n runner-exec -n runner-exec-runtime-on-disk -n runner-exec-10-steps -n ours \
