@@ -39,6 +39,7 @@ impl ImageProvider for Busybox {
             layers: vec![self.0.clone()],
             env: vec![],
             working_dir: None,
+            lease: Default::default(),
         })
     }
 }

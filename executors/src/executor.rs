@@ -176,6 +176,30 @@ pub struct ResolvedImage {
     pub env: Vec<String>,
     /// The image config's `WorkingDir`, if any.
     pub working_dir: Option<String>,
+    /// Keeps the layers from being pruned while a step uses them: hold it (or a clone) for as
+    /// long as they are mounted or read.
+    pub lease: LayerLease,
+}
+
+/// Proof that an image's layers are in use (shared locks the image store's `prune` respects).
+/// Empty for providers whose layers nothing deletes.
+#[derive(Clone, Default)]
+pub struct LayerLease(Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl LayerLease {
+    pub fn new(held: impl std::any::Any + Send + Sync) -> Self {
+        LayerLease(Some(std::sync::Arc::new(held)))
+    }
+}
+
+impl std::fmt::Debug for LayerLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "LayerLease(held)"
+        } else {
+            "LayerLease(none)"
+        })
+    }
 }
 
 /// Where backends get images from: the OCI image store implements it.

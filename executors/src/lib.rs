@@ -10,6 +10,6 @@ pub mod image;
 pub mod vm;
 
 pub use executor::{
-    Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LogChunk, Network, PreparedJob,
-    ResolvedImage, Resources, Shell, StepResult, StepSpec, Stream,
+    Executor, ExecutorError, ImageProvider, ImageSpec, JobSpec, LayerLease, LogChunk, Network,
+    PreparedJob, ResolvedImage, Resources, Shell, StepResult, StepSpec, Stream,
 };

@@ -51,6 +51,7 @@ impl ImageProvider for Busybox {
             layers: vec![self.layer.clone()],
             env: vec![],
             working_dir: None,
+            lease: Default::default(),
         })
     }
 }

@@ -90,6 +90,7 @@ impl ImageProvider for Busybox {
             layers: vec![self.layer.clone()],
             env: vec!["IMAGE_VAR=from-image".into()],
             working_dir: None,
+            lease: Default::default(),
         })
     }
 }

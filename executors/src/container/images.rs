@@ -47,6 +47,7 @@ impl ImageProvider for LocalDirImages {
             layers: vec![dir.clone()],
             env: vec![],
             working_dir: None,
+            lease: Default::default(),
         })
     }
 }

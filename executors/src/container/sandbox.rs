@@ -28,6 +28,8 @@ pub struct Rootfs {
     pub layers: Vec<PathBuf>,
     pub env: Vec<String>,
     pub host: bool,
+    /// Keeps the layers from being pruned until the sandbox is gone.
+    pub _lease: crate::executor::LayerLease,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
@@ -616,6 +618,7 @@ pub async fn resolve_rootfs(
             layers: vec![PathBuf::from("/")],
             env: vec![],
             host: true,
+            _lease: Default::default(),
         }),
         ImageSpec::Oci(reference) => {
             let resolved = exec
@@ -628,6 +631,7 @@ pub async fn resolve_rootfs(
                 layers: resolved.layers,
                 env: resolved.env,
                 host: false,
+                _lease: resolved.lease,
             })
         }
     }

@@ -30,7 +30,7 @@ pub use store::{
     StoreError,
 };
 
-use crate::executor::{ExecutorError, ImageProvider, LogChunk, ResolvedImage, Stream};
+use crate::executor::{ExecutorError, ImageProvider, LayerLease, LogChunk, ResolvedImage, Stream};
 
 /// Pull progress as `System` log lines of the step that needs the image.
 struct LogProgress<'a> {
@@ -77,11 +77,26 @@ impl ImageProvider for ImageStore {
             .pull(reference, self.config().pull_policy, &progress)
             .await
             .map_err(|e| ExecutorError::Backend(format!("image {reference}: {e}")))?;
+        let failed =
+            |e: &dyn std::fmt::Display| ExecutorError::Backend(format!("image {reference}: {e}"));
+        let held = match self.lease(&out.record, false).map_err(|e| failed(&e))? {
+            Some(held) => held,
+            // `prune` holds one of the layers: wait for it off the runtime.
+            None => {
+                let (store, record) = (self.clone(), out.record.clone());
+                tokio::task::spawn_blocking(move || store.lease(&record, true))
+                    .await
+                    .map_err(|e| failed(&e))?
+                    .map_err(|e| failed(&e))?
+                    .unwrap_or_default()
+            }
+        };
         Ok(ResolvedImage {
             layers: self.layer_dirs(&out.record),
             digest: out.record.digest,
             env: out.record.env,
             working_dir: out.record.working_dir,
+            lease: LayerLease::new(held),
         })
     }
 }

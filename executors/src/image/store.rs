@@ -182,6 +182,8 @@ pub struct ListEntry {
 pub struct PruneReport {
     pub layers_removed: usize,
     pub temp_removed: usize,
+    /// Unused by any stored image but kept: a running step still has them mounted.
+    pub layers_in_use: usize,
 }
 
 /// The image store. Cheap to clone; all state is on disk.
@@ -512,6 +514,68 @@ impl ImageStore {
         res.map_err(io_err(&path))
     }
 
+    /// The lock file a step's use of layer `name` (a `layers/` entry) is recorded with.
+    fn use_lock_path(&self, name: &str) -> PathBuf {
+        self.root.join("locks").join(format!("use-{name}"))
+    }
+
+    fn open_use_lock(&self, name: &str) -> Result<File, StoreError> {
+        let path = self.use_lock_path(name);
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))
+    }
+
+    /// Exclusive use of layer `name` for deleting it, unless a step holds it.
+    fn try_use_lock(&self, name: &str) -> Result<Option<Flock<File>>, StoreError> {
+        match Flock::lock(self.open_use_lock(name)?, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(io_err(&self.use_lock_path(name))(io::Error::from(e))),
+        }
+    }
+
+    /// Shared locks on every layer of `record` for as long as the returned value lives, so
+    /// that `prune` leaves them alone; then checks they are all still there (a `prune` that
+    /// ran between the lookup and the locks may have removed them).
+    /// With `wait` false, `None` when `prune` is deleting one of them right now (the caller
+    /// then waits off its async runtime).
+    pub fn lease(
+        &self,
+        record: &ImageRecord,
+        wait: bool,
+    ) -> Result<Option<Vec<Flock<File>>>, StoreError> {
+        let mut held = Vec::with_capacity(record.layers.len());
+        let how = if wait {
+            FlockArg::LockShared
+        } else {
+            FlockArg::LockSharedNonblock
+        };
+        for dir in self.layer_dirs(record) {
+            let name = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let lock = match Flock::lock(self.open_use_lock(&name)?, how) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => return Err(io_err(&self.use_lock_path(&name))(io::Error::from(e))),
+            };
+            held.push(lock);
+            if !dir.is_dir() {
+                return Err(StoreError::BadImage {
+                    reference: record.digest.clone(),
+                    reason: format!("layer {} was pruned; pull the image again", dir.display()),
+                });
+            }
+        }
+        Ok(Some(held))
+    }
+
     pub(crate) fn write_record(&self, rec: &ImageRecord) -> Result<(), StoreError> {
         let d = Digest::parse(&rec.digest).map_err(|e| StoreError::BadImage {
             reference: rec.digest.clone(),
@@ -623,10 +687,20 @@ impl ImageStore {
         let layers = self.root.join("layers");
         for e in fs::read_dir(&layers).map_err(io_err(&layers))? {
             let p = e.map_err(io_err(&layers))?.path();
-            if !used.contains(&p) {
-                remove_all(&p).map_err(io_err(&p))?;
-                report.layers_removed += 1;
+            if used.contains(&p) {
+                continue;
             }
+            // A step of an image removed since it started still has these mounted: deleting
+            // under a live overlay is undefined. Its lease is a shared lock; ours is exclusive
+            // and held while deleting, so a step resolving it meanwhile waits, then finds it
+            // gone and says so.
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            let Some(_excl) = self.try_use_lock(&name)? else {
+                report.layers_in_use += 1;
+                continue;
+            };
+            remove_all(&p).map_err(io_err(&p))?;
+            report.layers_removed += 1;
         }
         // With the exclusive lock held no pull is running, so everything in tmp/ is debris.
         let tmp = self.root.join("tmp");

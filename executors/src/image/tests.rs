@@ -422,6 +422,40 @@ async fn concurrent_pulls_download_each_layer_once() {
     }
 }
 
+/// `image rm` then `prune` while a step still uses the image: its layers stay until the step
+/// lets go (deleting under a mounted overlay is undefined), then go.
+#[tokio::test]
+async fn prune_keeps_layers_a_running_step_holds() {
+    let registry = TestRegistry::start().unwrap();
+    let mut b = LayerBuilder::new();
+    b.file("only-here", 0o644, b"x");
+    let image = TestImage::new(vec![Layer::new(b.finish(), Compression::Gzip)]);
+    push(registry.addr(), "held:v1", &image, None)
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let r = format!("{}/held:v1", registry.addr());
+    s.pull(&r, PullPolicy::Always, &NoProgress).await.unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let resolved = crate::ImageProvider::resolve(&s, &r, &tx).await.unwrap();
+    let layer = s.layer_dir(&image.layers[0].digest());
+    assert_eq!(resolved.layers, vec![layer.clone()]);
+
+    s.remove(&r).unwrap();
+    let report = s.prune().await.unwrap();
+    assert_eq!((report.layers_removed, report.layers_in_use), (0, 1));
+    assert!(
+        layer.join("only-here").exists(),
+        "pruned under a running step"
+    );
+
+    drop(resolved);
+    let report = s.prune().await.unwrap();
+    assert_eq!((report.layers_removed, report.layers_in_use), (1, 0));
+    assert!(!layer.exists());
+}
+
 #[tokio::test]
 async fn rm_and_prune_keep_shared_layers() {
     let registry = TestRegistry::start().unwrap();

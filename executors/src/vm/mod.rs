@@ -489,6 +489,7 @@ mod tests {
             layers: vec![],
             env: vec!["PATH=/img".into(), "A=image".into(), "B=image".into()],
             working_dir: None,
+            lease: Default::default(),
         };
         let step = StepSpec {
             name: "s".into(),

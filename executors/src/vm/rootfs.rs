@@ -187,6 +187,7 @@ mod tests {
             layers: vec![l0, l1],
             env: vec![],
             working_dir: None,
+            lease: Default::default(),
         };
         let cache = d.path().join("cache");
         let disk = base_disk(&img, &cache).unwrap();

@@ -73,6 +73,12 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<u8> {
                 "removed {} unused layers and {} leftovers of interrupted pulls",
                 report.layers_removed, report.temp_removed
             );
+            if report.layers_in_use > 0 {
+                println!(
+                    "kept {} layers of removed images that running steps still use",
+                    report.layers_in_use
+                );
+            }
             Ok(0)
         }
         Command::Import(a) => {
