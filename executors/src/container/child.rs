@@ -111,7 +111,8 @@ pub struct ChildPlan {
 }
 
 // SAFETY: the raw pointers in `argv`/`envp` point into `_strings`, owned by the same struct and
-// never mutated; the plan is only read (by the clone child, in its own copy of memory).
+// never mutated; the plan is only read (by the clone child, in its copy of memory or, under
+// CLONE_VM, in ours while the cloning thread waits).
 unsafe impl Send for ChildPlan {}
 // SAFETY: as above: shared access is read-only.
 unsafe impl Sync for ChildPlan {}

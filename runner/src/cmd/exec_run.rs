@@ -87,41 +87,35 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     } else {
         prefetch(&plan, &run_dir, &source, parallel(&args))
     };
-    let config = match crate::config::Config::load(&ctx.paths.config_file) {
-        Ok(c) => c,
-        Err(e) => {
-            discard(early).await;
-            let _ = run_dir.remove();
-            return Err(e);
+    let executors = async {
+        let config = crate::config::Config::load(&ctx.paths.config_file)?;
+        let vm_step = vm_step(&plan);
+        let built = jobrun::setup::build(
+            &ctx.paths,
+            &config,
+            &run_dir.path.join(CONTAINER_STATE),
+            vm_step.is_some(),
+        )
+        .await?;
+        if let (Some((job, step)), None) = (vm_step, &built.executors.vm) {
+            anyhow::bail!(
+                "step '{step}' of job '{job}' asks for isolation: vm, but the VM executor is \
+                 not available here: {} (see `runner doctor`; --isolation container runs every \
+                 step in a container instead)",
+                built.vm_unavailable.as_deref().unwrap_or("unknown reason")
+            );
         }
-    };
-    let vm_step = vm_step(&plan);
-    let built = jobrun::setup::build(
-        &ctx.paths,
-        &config,
-        &run_dir.path.join(CONTAINER_STATE),
-        vm_step.is_some(),
-    )
-    .await;
-    let built = match built {
-        Ok(b) => b,
-        Err(e) => {
-            discard(early).await;
-            let _ = run_dir.remove();
-            return Err(e);
-        }
-    };
-    if let (Some((job, step)), None) = (vm_step, &built.executors.vm) {
-        discard(early).await;
-        let _ = run_dir.remove();
-        anyhow::bail!(
-            "step '{step}' of job '{job}' asks for isolation: vm, but the VM executor is not \
-             available here: {} (see `runner doctor`; --isolation container runs every step in \
-             a container instead)",
-            built.vm_unavailable.as_deref().unwrap_or("unknown reason")
-        );
+        Ok(built.executors)
     }
-    let executors = built.executors;
+    .await;
+    let executors = match executors {
+        Ok(e) => e,
+        Err(e) => {
+            discard(early).await;
+            let _ = run_dir.remove();
+            return Err(e);
+        }
+    };
 
     let cancel = CancellationToken::new();
     let interrupts = interrupt::Interrupts::watch(cancel.clone())?;
