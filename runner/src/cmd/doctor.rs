@@ -35,6 +35,7 @@ pub async fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
         kvm(KvmKind::detect()),
         qemu(&vm.qemu).await,
     ];
+    checks.push(runtime_dir(&ctx.paths.runtime_dir, on_tmpfs(&ctx.paths.runtime_dir)));
     checks.push(guest_kernel(&vm.kernel_dir));
     checks.push(match std::fs::metadata(&vm.agent) {
         Ok(_) => ok("guest agent", vm.agent.display().to_string()),
@@ -195,6 +196,37 @@ async fn qemu(binary: &Path) -> Check {
     }
 }
 
+/// Whether `path` (or, if it does not exist yet, its nearest existing parent) is on a tmpfs;
+/// `None` if that cannot be told.
+fn on_tmpfs(path: &Path) -> Option<bool> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let fs = nix::sys::statfs::statfs(existing).ok()?;
+    Some(fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// The runtime dir holds the locks, sandbox records and mount points of live runs: on a disk
+/// every run pays for creating and deleting them.
+fn runtime_dir(dir: &Path, tmpfs: Option<bool>) -> Check {
+    match tmpfs {
+        Some(true) => ok("runtime dir", format!("{} (tmpfs)", dir.display())),
+        Some(false) => Check {
+            level: Level::Note,
+            what: "runtime dir",
+            detail: format!(
+                "{} is not on tmpfs: each `runner exec` creates and deletes its run directory \
+                 on disk (~0.3 ms more per run on ext4); --runtime-dir or RUNNER_RUNTIME_DIR \
+                 can point at a tmpfs (/run is one on systemd hosts)",
+                dir.display()
+            ),
+        },
+        None => Check {
+            level: Level::Note,
+            what: "runtime dir",
+            detail: format!("{}: cannot tell which filesystem it is on", dir.display()),
+        },
+    }
+}
+
 fn guest_kernel(dir: &Path) -> Check {
     match executors::vm::kernel::GuestKernel::find(dir) {
         Ok(k) => ok(
@@ -225,6 +257,18 @@ mod tests {
         assert_eq!(v2.level, Level::Ok);
         assert!(v2.detail.starts_with("v2 at /sys/fs/cgroup"));
         assert_eq!(cgroups("proc /proc proc rw 0 0\n").level, Level::Fail);
+    }
+
+    #[test]
+    fn runtime_dir_lines() {
+        let dir = Path::new("/run/runner");
+        assert_eq!(runtime_dir(dir, Some(true)).level, Level::Ok);
+        let disk = runtime_dir(dir, Some(false));
+        assert_eq!(disk.level, Level::Note);
+        assert!(disk.detail.contains("--runtime-dir"), "{}", disk.detail);
+        assert_eq!(runtime_dir(dir, None).level, Level::Note);
+        // /dev/shm is a tmpfs on every Linux host; / here is not (ext4 in CI).
+        assert_eq!(on_tmpfs(Path::new("/dev/shm/surely/not/there")), Some(true));
     }
 
     #[test]
