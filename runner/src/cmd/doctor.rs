@@ -35,7 +35,10 @@ pub async fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
         kvm(KvmKind::detect()),
         qemu(&vm.qemu).await,
     ];
-    checks.push(runtime_dir(&ctx.paths.runtime_dir, on_tmpfs(&ctx.paths.runtime_dir)));
+    checks.push(runtime_dir(
+        &ctx.paths.runtime_dir,
+        on_tmpfs(&ctx.paths.runtime_dir),
+    ));
     checks.push(guest_kernel(&vm.kernel_dir));
     checks.push(match std::fs::metadata(&vm.agent) {
         Ok(_) => ok("guest agent", vm.agent.display().to_string()),
