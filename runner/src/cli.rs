@@ -30,7 +30,10 @@ pub struct GlobalArgs {
     pub runtime_dir: Option<PathBuf>,
 }
 
+// Each subcommand's arguments are built only when it is the one invoked (or for help): the
+// whole tree is dozens of commands and hundreds of arguments, built on every start otherwise.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Run a pipeline locally, or print its plan with --dry-run
     Exec(cmd::exec::Args),
