@@ -496,11 +496,7 @@ impl ImageStore {
         let path = self.root.join("locks").join(name);
         let p2 = path.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&p2)?;
+            let f = open_lock_file(&p2)?;
             let arg = if exclusive {
                 FlockArg::LockExclusive
             } else {
@@ -521,12 +517,7 @@ impl ImageStore {
 
     fn open_use_lock(&self, name: &str) -> Result<File, StoreError> {
         let path = self.use_lock_path(name);
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))
+        open_lock_file(&path).map_err(io_err(&path))
     }
 
     /// Exclusive use of layer `name` for deleting it, unless a step holds it.
@@ -711,6 +702,15 @@ impl ImageStore {
         }
         Ok(report)
     }
+}
+
+/// Open (creating it if need be) a file that is only ever flocked, never written.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
 }
 
 /// Decompress (by magic number: gzip, zstd or plain tar), unpack, verify. On an unpack error
