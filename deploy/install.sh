@@ -102,7 +102,7 @@ if [ -z "$binary" ]; then
   command -v cargo >/dev/null || { echo "install: cargo not found; pass --binary PATH or install Rust" >&2; exit 1; }
   # The dist profile (Cargo.toml): release with whole-program optimisation.
   (cd "$repo" && cargo build --profile dist -p runner)
-  binary="$repo/target/dist/runner"
+  binary="$repo/target/x86_64-unknown-linux-musl/dist/runner"
 fi
 if [ ! -x "$binary" ] || ! "$binary" --version >/dev/null 2>&1; then
   echo "install: $binary is not a working runner binary" >&2

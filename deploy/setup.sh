@@ -13,7 +13,7 @@ packages=(
   qemu-system-x86
   e2fsprogs
   util-linux        # unshare, for the container executor's pure cgroup v2 test
-  musl-tools
+  musl-tools        # every build targets static musl (.cargo/config.toml): C deps build with musl-gcc
   python3-yaml
   python3-jsonschema
   docker-registry   # image store tests: a local OCI registry
@@ -38,7 +38,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# Every build of the workspace targets static musl (.cargo/config.toml): the runner, its tests
+# and the VM guest agent.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target add x86_64-unknown-linux-musl >/dev/null
+elif ! rustc --print target-libdir --target x86_64-unknown-linux-musl >/dev/null 2>&1 ||
+  [ ! -d "$(rustc --print target-libdir --target x86_64-unknown-linux-musl)" ]; then
+  echo "setup: the x86_64-unknown-linux-musl Rust target is missing and rustup is not here to add it" >&2
+  exit 1
+fi
 # Guest kernel and agent of the VM executor (isolation: vm); the microVM tests (vmm/) use the
 # same kernel.
-rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
 "$(dirname "$0")/setup-vm-kernel.sh"

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/setup.sh
 cargo build --release -p runner
-./target/release/runner exec --dry-run examples/hello.yml
+./target/x86_64-unknown-linux-musl/release/runner exec --dry-run examples/hello.yml
 # A throwaway data dir, so trying it leaves nothing behind.
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
-./target/release/runner --data-dir "$data" exec examples/hello.yml
+./target/x86_64-unknown-linux-musl/release/runner --data-dir "$data" exec examples/hello.yml

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-30}"
 cargo build --release -q -p vmm --example vmm_bench
-bench=target/release/examples/vmm_bench
+bench=target/x86_64-unknown-linux-musl/release/examples/vmm_bench
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

@@ -54,7 +54,7 @@ echo "bench: building container-step and runner (dist profile)" >&2
 # page cache in small pieces and costs ~1.3 ms more per start (page faults) than the same
 # file copied, which is what an installed binary (and every peer, from dpkg) is.
 mkdir -p "$WORK/bin"
-install -m 0755 "$ROOT/target/dist/container-step" "$ROOT/target/dist/runner" "$WORK/bin/"
+install -m 0755 "$ROOT/target/x86_64-unknown-linux-musl/dist/container-step" "$ROOT/target/x86_64-unknown-linux-musl/dist/runner" "$WORK/bin/"
 STEP="$WORK/bin/container-step"
 RUNNER="$WORK/bin/runner"
 

@@ -15,7 +15,7 @@ if [ "${SKIP_PROTOCOL:-}" != 1 ]; then
 fi
 
 cargo build -q --release -p runner
-R="$PWD/target/release/runner"
+R="$PWD/target/x86_64-unknown-linux-musl/release/runner"
 work=$(mktemp -d)
 cleanup() { kill "${agent:-}" "${server:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

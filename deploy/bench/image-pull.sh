@@ -23,7 +23,7 @@ mkdir -p "$WORK"
 # 1. The runner, release build.
 if [ -z "${RUNNER:-}" ]; then
   (cd "$repo_root" && cargo build --release -q -p runner)
-  RUNNER="$repo_root/target/release/runner"
+  RUNNER="$repo_root/target/x86_64-unknown-linux-musl/release/runner"
 fi
 
 # 2. A realistic root filesystem: Debian minbase, as one gzip layer of an OCI layout.

@@ -10,7 +10,7 @@ runs="${1:-10}"
 cargo build -q --release -p guest-agent --target x86_64-unknown-linux-musl
 cargo build -q --release -p executors --example vm_bench
 export RUNNER_VM_AGENT="$PWD/target/x86_64-unknown-linux-musl/release/guest-agent"
-bench=target/release/examples/vm_bench
+bench=target/x86_64-unknown-linux-musl/release/examples/vm_bench
 dir=$(mktemp -d /tmp/vm-bench.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 

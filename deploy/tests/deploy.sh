@@ -11,10 +11,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
 
-bin="${RUNNER_BIN:-$repo/target/debug/runner}"
+bin="${RUNNER_BIN:-$repo/target/x86_64-unknown-linux-musl/debug/runner}"
 if [ ! -x "$bin" ]; then
   cargo build -q -p runner
-  bin="$repo/target/debug/runner"
+  bin="$repo/target/x86_64-unknown-linux-musl/debug/runner"
 fi
 
 tmp="$(mktemp -d /tmp/runner-deploy-test.XXXXXX)"

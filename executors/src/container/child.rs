@@ -539,11 +539,11 @@ fn loopback_up() -> Result<(), Failure> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the flags member of a valid ifreq.
     let res = unsafe {
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             -1
         } else {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req)
+            libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req)
         }
     };
     let err = errno();
