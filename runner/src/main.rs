@@ -14,11 +14,12 @@ mod protocol;
 use clap::Parser;
 
 /// jemalloc, not musl's own malloc: musl's returns memory to the kernel as soon as a small
-/// group of blocks empties and maps fresh pages for the next (120 mmap/munmap calls and ~100
-/// extra page faults in a one-step `runner exec`), and it serialises every thread on one lock
-/// (the coordinator ingested 64 KiB log patches at 103 MB/s with it, 152 MB/s with jemalloc).
-/// jemalloc's regions come from plain `mmap`, so their addresses are randomised like the rest;
-/// mimalloc, also tried, reserves its arena at a fixed address (heap ASLR lost).
+/// group of blocks empties and maps fresh pages for the next (~120 mmap/munmap calls in a
+/// one-step `runner exec`), and it serialises every thread on one lock. A one-step
+/// `runner exec` takes the same time with either (measured A/B); the coordinator ingested
+/// 64 KiB log patches at 152 MB/s with jemalloc, 103 MB/s with musl's (docs/benchmarks.md).
+/// jemalloc's regions come from plain `mmap`, so their addresses are randomised like the
+/// rest; mimalloc, also tried, reserves its arena at a fixed address (heap ASLR lost).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
