@@ -80,12 +80,13 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let run_id = new_run_id();
     let run_dir = RunDir::create(&ctx.paths.runtime_dir, &ctx.paths.data_dir, &run_id)?;
     let source = Arc::new(Source::new(&ctx.paths.data_dir, source));
+    let parallel = parallel(&args);
     // The first jobs' workspaces are made while the executors are built: one waits on the
     // kernel (mkdir, mount), the other mostly computes (the seccomp filter).
     let early = if args.bind_workspace {
         Early::default()
     } else {
-        prefetch(&plan, &run_dir, &source, parallel(&args))
+        prefetch(&plan, &run_dir, &source, parallel)
     };
     let executors = async {
         let config = crate::config::Config::load(&ctx.paths.config_file)?;
@@ -125,7 +126,7 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
         source,
         early,
         bind: args.bind_workspace,
-        parallel: parallel(&args),
+        parallel,
         style: Style {
             color: use_color(),
             timestamps: args.timestamps,
@@ -224,12 +225,15 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
     let style = setup.style;
     let mut printer = Printer::new(out, style, plan);
     // The terminal is written from a thread of its own: a slow terminal then slows the
-    // output channel (and so the steps), never the runtime.
-    let printing = std::thread::spawn(move || {
+    // output channel (and so the steps), never the runtime. The thread hands the printer back
+    // when every sender is gone; awaiting that (rather than joining the thread from the
+    // blocking pool) saves two cross-thread wake-ups at the end of every run.
+    let (printed_tx, printed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         while let Some(m) = rx.blocking_recv() {
             printer.handle(m);
         }
-        printer
+        let _ = printed_tx.send(printer);
     });
 
     let shared = Arc::new(Shared {
@@ -270,9 +274,10 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
     discard(unused).await;
     let removed = shared.run_dir.remove();
     drop(shared);
-    // Waited for off the runtime: queued notices still need it to reach the printer.
-    let mut out = tokio::task::spawn_blocking(move || printing.join())
-        .await?
+    // Awaited, not blocked on: queued notices still need the runtime to reach the printer.
+    // The sender is dropped unsent only if the thread panicked.
+    let mut out = printed
+        .await
         .map_err(|_| anyhow::anyhow!("the output thread panicked"))?
         .into_inner();
     let _ = out.write_all(terminal::summary(plan, &outcomes, style, started.elapsed()).as_bytes());
