@@ -23,6 +23,13 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start. One arena: a second thread otherwise sets up an
+/// arena of its own on its first allocation (~50 page faults, 0.3 ms of a one-step
+/// `runner exec`, measured A/B); threads still allocate from their own caches without locking,
+/// and the coordinator's throughput did not change (docs/benchmarks.md).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
 fn main() {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
