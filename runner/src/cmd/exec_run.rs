@@ -80,7 +80,8 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let run_id = new_run_id();
     let run_dir = RunDir::create(&ctx.paths.runtime_dir, &ctx.paths.data_dir, &run_id)?;
     let source = Arc::new(Source::new(&ctx.paths.data_dir, source));
-    let parallel = parallel(&args);
+    // Counting CPUs reads the cgroup's CPU quota (several files): not worth it for one job.
+    let parallel = if plan.jobs.len() > 1 { parallel(&args) } else { 1 };
     // The first jobs' workspaces are made while the executors are built: one waits on the
     // kernel (mkdir, mount), the other mostly computes (the seccomp filter).
     let early = if args.bind_workspace {
