@@ -17,7 +17,7 @@ pub(crate) mod terminal;
 mod tests;
 mod workspace;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,13 +81,10 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let run_dir = RunDir::create(&ctx.paths.runtime_dir, &ctx.paths.data_dir, &run_id)?;
     let source = Arc::new(Source::new(&ctx.paths.data_dir, source));
     // Counting CPUs reads the cgroup's CPU quota (several files): not worth it for one job.
-    let parallel = if plan.jobs.len() > 1 { parallel(&args) } else { 1 };
-    // The first jobs' workspaces are made while the executors are built: one waits on the
-    // kernel (mkdir, mount), the other mostly computes (the seccomp filter).
-    let early = if args.bind_workspace {
-        Early::default()
+    let parallel = if plan.jobs.len() > 1 {
+        parallel(&args)
     } else {
-        prefetch(&plan, &run_dir, &source, parallel)
+        1
     };
     let executors = async {
         let config = crate::config::Config::load(&ctx.paths.config_file)?;
@@ -113,7 +110,6 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
     let executors = match executors {
         Ok(e) => e,
         Err(e) => {
-            discard(early).await;
             let _ = run_dir.remove();
             return Err(e);
         }
@@ -125,7 +121,6 @@ pub async fn run_pipeline(ctx: &Context, args: Args, plan: Plan) -> anyhow::Resu
         run_dir,
         run_id,
         source,
-        early,
         bind: args.bind_workspace,
         parallel,
         style: Style {
@@ -204,8 +199,6 @@ pub(crate) struct Setup {
     pub run_dir: RunDir,
     pub run_id: String,
     pub source: Arc<Source>,
-    /// Workspaces already being made, by job index (first attempts).
-    pub early: Early,
     pub bind: bool,
     pub parallel: usize,
     pub style: Style,
@@ -243,7 +236,6 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
         run_dir,
         run_id,
         source: setup.source,
-        early: std::sync::Mutex::new(setup.early),
         bind: setup.bind,
         secrets: setup.secrets,
         tx: tx.clone(),
@@ -270,9 +262,6 @@ pub(crate) async fn execute<W: Write + Send + 'static>(
     )
     .await;
     drop(tx);
-    // Workspaces made for jobs that never started (cancelled first).
-    let unused = std::mem::take(&mut *shared.early.lock().unwrap_or_else(|e| e.into_inner()));
-    discard(unused).await;
     let removed = shared.run_dir.remove();
     drop(shared);
     // Awaited, not blocked on: queued notices still need the runtime to reach the printer.
@@ -296,7 +285,6 @@ struct Shared {
     run_dir: RunDir,
     run_id: String,
     source: Arc<Source>,
-    early: std::sync::Mutex<Early>,
     bind: bool,
     secrets: BTreeMap<String, String>,
     tx: mpsc::Sender<Message>,
@@ -346,9 +334,7 @@ impl Shared {
         let result = jobrun::run_job(&self.executors, req, ev_tx, self.cancel.child_token()).await;
         let _ = forward.await;
         if let Some(dirs) = job_dir {
-            let d = dirs.clone();
-            let removed = tokio::task::spawn_blocking(move || d.remove()).await;
-            if let Ok(Err(e)) = removed {
+            if let Err(e) = remove_workspace(dirs.clone()).await {
                 info(format!(
                     "warning: cannot remove the workspace {}: {e}",
                     dirs.merged.display()
@@ -368,21 +354,43 @@ impl Shared {
     /// The directories of a new workspace (an overlay snapshot or a copy of the source tree),
     /// the workspace, and a line saying which it is.
     async fn fresh_workspace(&self, i: usize, attempt: u32) -> anyhow::Result<Workspace> {
-        let early = (attempt == 1)
-            .then(|| {
-                self.early
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&i)
-            })
-            .flatten();
-        if let Some(made) = early {
-            return made.await?;
-        }
         let dirs = self.run_dir.job_dirs(i, attempt)?;
+        let t = Instant::now();
+        let fallback = if self.source.snapshot {
+            // A few directories and one mount: made here, on the runtime's thread. Handing
+            // them to the blocking pool (a thread to start, two wake-ups) cost more than they
+            // do (0.2-0.3 ms of a one-step run, measured A/B), and overlapping them with the
+            // executors' start-up did not win it back.
+            match snapshot::mount_snapshot(&self.source.path, &dirs) {
+                Ok(ws) => {
+                    let text = format!(
+                        "workspace: overlay snapshot of {} ({})",
+                        self.source.path.display(),
+                        terminal::duration(t.elapsed())
+                    );
+                    return Ok((dirs, ws, text));
+                }
+                Err(e) => format!("no overlay snapshot ({e}), "),
+            }
+        } else {
+            String::new()
+        };
+        // A copy takes as long as the tree is big: off the runtime.
         let source = self.source.clone();
-        tokio::task::spawn_blocking(move || make_workspace(&source, dirs)).await?
+        tokio::task::spawn_blocking(move || copy_workspace(&source, dirs, &fallback, t)).await?
     }
+}
+
+/// Unmount and remove a job's workspace. The usual case (a snapshot whose upper dir is empty
+/// or nearly so) is a handful of syscalls, done here; whatever holds files (a copied tree, or
+/// what the job wrote) is removed off the runtime, however big it is.
+async fn remove_workspace(dirs: JobDirs) -> std::io::Result<()> {
+    if dirs.remove_if_small()? {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || dirs.remove())
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// What job workspaces are made from.
@@ -410,66 +418,20 @@ impl Source {
 /// A job's workspace: its directories, the workspace itself, and a line saying what it is.
 type Workspace = (JobDirs, PathBuf, String);
 
-/// Workspaces being made ahead of their jobs, by job index.
-pub(crate) type Early = HashMap<usize, tokio::task::JoinHandle<anyhow::Result<Workspace>>>;
-
-/// Start making the workspaces of the jobs that start first: the first `parallel` that need
-/// nothing, in plan order, as the scheduler picks them.
-fn prefetch(plan: &Plan, run_dir: &RunDir, source: &Arc<Source>, parallel: usize) -> Early {
-    let mut early = Early::new();
-    let first = plan
-        .jobs
-        .iter()
-        .enumerate()
-        .filter(|(_, j)| j.skipped.is_none() && j.needs.is_empty())
-        .take(parallel.max(1));
-    for (i, _) in first {
-        let Ok(dirs) = run_dir.job_dirs(i, 1) else {
-            // The job makes its own and reports why it cannot.
-            continue;
-        };
-        let source = source.clone();
-        early.insert(
-            i,
-            tokio::task::spawn_blocking(move || make_workspace(&source, dirs)),
-        );
-    }
-    early
-}
-
-/// Remove workspaces made for jobs that will not run.
-async fn discard(early: Early) {
-    for (_, made) in early {
-        if let Ok(Ok((dirs, _, _))) = made.await {
-            let _ = tokio::task::spawn_blocking(move || dirs.remove()).await;
-        }
-    }
-}
-
-/// Make a workspace in `dirs`: an overlay snapshot of the source if possible, else a copy.
-fn make_workspace(source: &Source, dirs: JobDirs) -> anyhow::Result<Workspace> {
-    let t = Instant::now();
-    let mut fallback = String::new();
-    if source.snapshot {
-        match snapshot::mount_snapshot(&source.path, &dirs) {
-            Ok(ws) => {
-                let text = format!(
-                    "workspace: overlay snapshot of {} ({})",
-                    source.path.display(),
-                    terminal::duration(t.elapsed())
-                );
-                return Ok((dirs, ws, text));
-            }
-            Err(e) => fallback = format!("no overlay snapshot ({e}), "),
-        }
-    }
+/// Make a workspace in `dirs` as a copy of the source; `why` says why it is not a snapshot.
+fn copy_workspace(
+    source: &Source,
+    dirs: JobDirs,
+    why: &str,
+    t: Instant,
+) -> anyhow::Result<Workspace> {
     // The copy is the workspace itself, on disk.
     let ws = dirs.upper.clone();
     std::fs::create_dir_all(&ws)?;
     let stats = workspace::copy_tree(&source.path, &ws, &source.exclude)
         .with_context(|| format!("copying {} into {}", source.path.display(), ws.display()))?;
     let text = format!(
-        "workspace: {fallback}copied {} files, {} in {}",
+        "workspace: {why}copied {} files, {} in {}",
         stats.files,
         human_bytes(stats.bytes),
         terminal::duration(t.elapsed())

@@ -29,17 +29,10 @@ async fn go_with(
     let run_id = new_run_id();
     let run_dir = RunDir::create(&data.join("run"), data, &run_id).unwrap();
     let source = Arc::new(Source::new(data, source.to_path_buf()));
-    // As `runner exec` does: the first jobs' workspaces are made ahead.
-    let early = if bind {
-        Early::default()
-    } else {
-        prefetch(plan, &run_dir, &source, 2)
-    };
     let setup = Setup {
         run_dir,
         run_id,
         source,
-        early,
         bind,
         parallel: 2,
         style: Style {

@@ -50,6 +50,23 @@ pub struct JobDirs {
 }
 
 impl JobDirs {
+    /// Unmount the snapshot and remove all three if that is a handful of syscalls: true when
+    /// done; false when the upper dir holds anything (a copied tree, what the job wrote),
+    /// which `remove` then deletes, however long that takes.
+    pub fn remove_if_small(&self) -> io::Result<bool> {
+        super::snapshot::unmount_snapshot(&self.merged)?;
+        match fs::remove_dir(&self.upper) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => return Ok(false),
+        }
+        // overlayfs' work dir only ever holds a few entries of its own (`work/`, and
+        // `work/incompat/volatile/` after a volatile mount).
+        remove_tree(&self.work)?;
+        remove_tree(&self.merged)?;
+        Ok(true)
+    }
+
     /// Unmount the snapshot if there is one and remove all three.
     pub fn remove(&self) -> io::Result<()> {
         super::snapshot::unmount_snapshot(&self.merged)?;
@@ -314,6 +331,40 @@ fn set_mtime(path: &Path, meta: &fs::Metadata) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_dirs_in(root: &Path) -> JobDirs {
+        let dirs = JobDirs {
+            merged: root.join("merged"),
+            upper: root.join("upper"),
+            work: root.join("work"),
+        };
+        // What a volatile overlay mount leaves in its work dir.
+        fs::create_dir_all(dirs.work.join("work/incompat/volatile")).unwrap();
+        fs::write(dirs.work.join("work/incompat/volatile/dirty"), b"").unwrap();
+        fs::create_dir_all(&dirs.upper).unwrap();
+        fs::create_dir_all(&dirs.merged).unwrap();
+        dirs
+    }
+
+    #[test]
+    fn an_untouched_workspace_is_removed_in_place_a_written_one_is_left_to_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clean = job_dirs_in(&tmp.path().join("clean"));
+        assert!(clean.remove_if_small().unwrap());
+        for d in [&clean.merged, &clean.upper, &clean.work] {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+
+        let written = job_dirs_in(&tmp.path().join("written"));
+        fs::create_dir_all(written.upper.join("target/debug")).unwrap();
+        fs::write(written.upper.join("target/debug/app"), b"binary").unwrap();
+        assert!(!written.remove_if_small().unwrap());
+        assert!(written.upper.join("target/debug/app").exists());
+        written.remove().unwrap();
+        for d in [&written.merged, &written.upper, &written.work] {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+    }
 
     #[test]
     fn copies_files_dirs_symlinks_modes_and_times_but_not_the_run_dir() {
