@@ -109,7 +109,7 @@ async fn jobs_get_private_copies_of_the_source_and_leave_nothing_behind() {
 }
 
 #[tokio::test]
-async fn workspaces_made_ahead_for_jobs_that_never_start_are_removed() {
+async fn a_run_cancelled_before_its_jobs_start_leaves_no_workspace_or_mount() {
     let src = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("input.txt"), "x").unwrap();
