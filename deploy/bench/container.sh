@@ -11,7 +11,7 @@
 # runs one step (`sh -e -c true` in a fresh sandbox: namespaces, overlay root with a fresh
 # upper dir, /proc, /dev, /sys, /tmp, workspace bind, cgroup, caps, seccomp) and removes it.
 #
-# Usage (as root): deploy/bench/container.sh        RUNS=40 WARMUP=5 by default
+# Usage (as root): deploy/bench/container.sh   RUNS=40 WARMUP=5 AB_ROUNDS=60 by default
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -182,4 +182,30 @@ for name in ["runner-exec", "runner-exec-runtime-on-disk", "runner-exec, each fu
     print(f"{name} / bwrap = {ex / rows['bwrap']:.2f} (goal <= 1.5); runc / {name} = {rows['runc'] / ex:.2f} (goal >= 3)")
 if sys.argv[3]:
     print(sys.argv[3], f"(crun {med(run2['crun']):.1f} ms, bwrap {med(run2['bwrap']):.1f} ms in run 2)")
+PY
+
+# hyperfine times one command after another, so on a shared host whose load drifts a ratio can
+# swing by 30% (bwrap timed in a busy minute, runner-exec in a quiet one). The goals are judged
+# on an interleaved run: every round runs each command once, in rotating order.
+AB_ROUNDS=${AB_ROUNDS:-60}
+echo "bench: interleaved run ($AB_ROUNDS rounds: bwrap, runner-exec, ten steps, ours, runc)" >&2
+N=$AB_ROUNDS python3 "$ROOT/deploy/bench/ab.py" "bwrap=$BWRAP" "runner-exec=$EXEC" \
+  "runner-exec-10-steps=$EXEC10" "ours=$OURS" "runc=$RUNC" >"$WORK/ab.txt"
+python3 - "$WORK/ab.txt" "$AB_ROUNDS" <<'PY'
+import sys
+med = {}
+for line in open(sys.argv[1]):
+    parts = line.split()
+    med[parts[0]] = float(parts[2])
+med["runner-exec, each further step of a job"] = (med.pop("runner-exec-10-steps") - med["runner-exec"]) / 9
+print()
+print(f"Interleaved medians ({sys.argv[2]} rounds, each round runs every command once):")
+print("| runtime | median wall ms | vs bwrap |")
+print("|---|---:|---:|")
+for name, ms in sorted(med.items(), key=lambda kv: kv[1]):
+    print(f"| {name} | {ms:.2f} | {ms / med['bwrap']:.2f}x |")
+print()
+for name in ["runner-exec", "runner-exec, each further step of a job", "ours"]:
+    print(f"interleaved: {name} / bwrap = {med[name] / med['bwrap']:.2f} (goal <= 1.5); "
+          f"runc / {name} = {med['runc'] / med[name]:.2f} (goal >= 3)")
 PY
