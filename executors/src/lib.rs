@@ -7,6 +7,7 @@
 pub mod container;
 pub mod executor;
 pub mod image;
+pub mod procfs;
 pub mod vm;
 
 pub use executor::{

@@ -196,7 +196,7 @@ impl ContainerExecutor {
         let state = StateDir::new(&config.state_dir)?;
         let cgroups = CgroupDriver::detect()?;
         let seccomp = Arc::new(seccomp::default_filter()?);
-        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        let last_cap = crate::procfs::read("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);

@@ -155,7 +155,7 @@ impl StateDir {
 
 /// Start time (clock ticks after boot) of `pid`, if it exists and is not a zombie.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::procfs::read(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
@@ -185,7 +185,7 @@ fn kill_if_same(pid: i32, start: u64) {
 /// Sandbox mounts live in the sandbox's own mount namespace and vanish with it; this only
 /// catches mounts left in ours by a bug or an older version.
 fn unmount_below(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(info) = crate::procfs::read("/proc/self/mountinfo") else {
         return;
     };
     let mut points: Vec<PathBuf> = info

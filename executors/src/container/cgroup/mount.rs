@@ -16,9 +16,9 @@ pub struct Hierarchies {
 
 impl Hierarchies {
     pub fn read() -> Result<Self, CgroupError> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        let mountinfo = crate::procfs::read("/proc/self/mountinfo")
             .map_err(io_err("/proc/self/mountinfo".as_ref()))?;
-        let own = std::fs::read_to_string("/proc/self/cgroup")
+        let own = crate::procfs::read("/proc/self/cgroup")
             .map_err(io_err("/proc/self/cgroup".as_ref()))?;
         Ok(Self::parse(&mountinfo, &own))
     }

@@ -115,7 +115,7 @@ pub fn unmount_under(dir: &Path) -> io::Result<()> {
 
 /// Mount points at or below `dir`, from `/proc/self/mountinfo`.
 pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let info = executors::procfs::read("/proc/self/mountinfo")?;
     Ok(info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
