@@ -14,6 +14,7 @@ packages=(
   e2fsprogs
   util-linux        # unshare, for the container executor's pure cgroup v2 test
   musl-tools        # every build targets static musl (.cargo/config.toml): C deps build with musl-gcc
+  make              # jemalloc (the runner's allocator) builds from source with configure + make
   python3-yaml
   python3-jsonschema
   docker-registry   # image store tests: a local OCI registry
