@@ -8,12 +8,12 @@ use tokio::sync::mpsc;
 
 use crate::executor::{LogChunk, Stream};
 
-/// Read both pipes until both reach EOF (every process of the sandbox is gone), sending each
-/// read as a chunk as soon as it arrives. A closed receiver does not stop the draining: the
-/// step must never block on a full pipe.
 /// How much one read takes at most: a pipe's default capacity.
 const PIPE_BUF: usize = 64 * 1024;
 
+/// Read both pipes until both reach EOF (every process of the sandbox is gone), sending each
+/// read as a chunk as soon as it arrives. A closed receiver does not stop the draining: the
+/// step must never block on a full pipe.
 pub async fn pump(stdout: OwnedFd, stderr: OwnedFd, tx: mpsc::Sender<LogChunk>) {
     let (Ok(mut out), Ok(mut err)) = (
         pipe::Receiver::from_owned_fd(stdout),

@@ -381,9 +381,9 @@ impl Shared {
     }
 }
 
-/// Unmount and remove a job's workspace. The usual case (a snapshot whose upper dir is empty
-/// or nearly so) is a handful of syscalls, done here; whatever holds files (a copied tree, or
-/// what the job wrote) is removed off the runtime, however big it is.
+/// Unmount and remove a job's workspace. The usual case of a one-off run (a snapshot the job
+/// wrote nothing into) is a handful of syscalls, done here; whatever holds files (a copied
+/// tree, or what the job wrote) is removed off the runtime, however big it is.
 async fn remove_workspace(dirs: JobDirs) -> std::io::Result<()> {
     if dirs.remove_if_small()? {
         return Ok(());
