@@ -12,6 +12,7 @@ packages=(
   perl-base
   qemu-system-x86
   e2fsprogs
+  cpio              # VM initramfs tests read our newc archives back with the real cpio
   util-linux        # unshare, for the container executor's pure cgroup v2 test
   musl-tools        # every build targets static musl (.cargo/config.toml): C deps build with musl-gcc
   make              # jemalloc (the runner's allocator) builds from source with configure + make
