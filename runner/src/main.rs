@@ -4,12 +4,10 @@ mod agent;
 mod cli;
 mod cmd;
 mod config;
-mod coordinator;
 mod jobrun;
 mod mask;
 mod metrics;
 mod paths;
-mod protocol;
 
 use clap::Parser;
 

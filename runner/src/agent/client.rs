@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::protocol::{
+use protocol::{
     ContentRange, ErrorBody, FinishRequest, JobAck, JobPayload, JobRequestBody, RegisterRequest,
     RegisterResponse, RewindBody, RANGE,
 };

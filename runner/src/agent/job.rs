@@ -14,7 +14,7 @@ use super::spool::{Spool, SpoolMeta};
 use super::upload::{heartbeat, JobCtl, Uploader};
 use super::Agent;
 use crate::jobrun::{self, JobEvent, JobStatus};
-use crate::protocol::{FinalStatus, FinishRequest, JobPayload, StepReport};
+use protocol::{FinalStatus, FinishRequest, JobPayload, StepReport};
 
 /// Runs a job handed over by the coordinator. `hard_cancel` fires on a second SIGINT.
 pub async fn run(agent: Arc<Agent>, p: JobPayload, hard_cancel: CancellationToken) {

@@ -105,7 +105,7 @@ impl Agent {
                     let _ = s.append(note.as_bytes());
                     job::finish_request(
                         &s,
-                        crate::protocol::FinalStatus::Failed,
+                        protocol::FinalStatus::Failed,
                         Some("runner restarted: the job was interrupted".into()),
                         vec![],
                     )

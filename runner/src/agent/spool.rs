@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::protocol::FinishRequest;
+use protocol::FinishRequest;
 
 /// What is needed to finish reporting a job after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(s.read_at(0, 5).unwrap(), b"hello");
         assert!(s.read_final().is_none());
         let fin = FinishRequest {
-            status: crate::protocol::FinalStatus::Success,
+            status: protocol::FinalStatus::Success,
             failure_reason: None,
             steps: vec![],
             checksum: s.checksum().unwrap().0,
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(s.size(), 11);
         assert_eq!(
             s.checksum().unwrap().0,
-            crate::protocol::checksum_of(b"hello world")
+            protocol::checksum_of(b"hello world")
         );
         assert_eq!(s.read_final().unwrap().log_size, 11);
         s.remove().unwrap();

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Client, ClientError};
 use super::spool::Spool;
 use crate::metrics::AgentMetrics;
-use crate::protocol::{FinishRequest, JobControl};
+use protocol::{FinishRequest, JobControl};
 
 /// Most bytes per patch.
 pub const MAX_PATCH: usize = 1 << 20;
@@ -220,9 +220,9 @@ mod tests {
 
     use super::*;
     use crate::agent::spool::SpoolMeta;
-    use crate::coordinator::store::{NewJob, NewRun};
-    use crate::coordinator::{api, auth, Coordinator, Settings};
-    use crate::protocol::{FinalStatus, JobState};
+    use coordinator::store::{NewJob, NewRun};
+    use coordinator::{api, auth, Coordinator, Settings};
+    use protocol::{FinalStatus, JobState};
 
     /// A coordinator on its own runtime, so dropping the runtime kills it like kill -9 would
     /// (every connection and task gone at once).

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 
 use super::remote::{send, Remote, RemoteArgs};
 use super::Context;
-use crate::protocol::{JobView, RunView};
+use protocol::{JobView, RunView};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

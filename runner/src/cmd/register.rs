@@ -10,7 +10,7 @@ use super::remote::out;
 use super::Context;
 use crate::agent::client::Client;
 use crate::config::{AgentConfig, Config};
-use crate::protocol::RegisterRequest;
+use protocol::RegisterRequest;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

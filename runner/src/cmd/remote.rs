@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use reqwest::{RequestBuilder, Response};
 
 use super::Context;
-use crate::coordinator::{ADMIN_TOKEN_FILE, URL_FILE};
-use crate::protocol::ErrorBody;
+use coordinator::{ADMIN_TOKEN_FILE, URL_FILE};
+use protocol::ErrorBody;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteArgs {

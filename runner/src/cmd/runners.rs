@@ -3,7 +3,7 @@
 use super::remote::out;
 use super::remote::{send, Remote, RemoteArgs};
 use super::Context;
-use crate::protocol::RunnerView;
+use protocol::RunnerView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::Context;
-use crate::coordinator::{serve, Settings};
+use coordinator::{serve, Settings};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use super::remote::out;
 use super::remote::{key_value, send_checked, Remote, RemoteArgs};
 use super::Context;
-use crate::protocol::{SubmitMeta, SubmitResponse};
+use protocol::{SubmitMeta, SubmitResponse};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -84,7 +84,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         .context("cannot reach the coordinator")?;
     if resp.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
         // The pipeline (or its secrets) is invalid: show every diagnostic, exit 2.
-        let body: crate::protocol::ErrorBody = resp.json().await?;
+        let body: protocol::ErrorBody = resp.json().await?;
         eprintln!("{}", body.error);
         return Ok(2);
     }

@@ -3,7 +3,7 @@
 use super::remote::out;
 use super::remote::{list, send, Remote, RemoteArgs};
 use super::Context;
-use crate::protocol::{TokenRequest, TokenResponse};
+use protocol::{TokenRequest, TokenResponse};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

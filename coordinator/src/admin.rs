@@ -11,7 +11,7 @@ use axum::Json;
 use super::error::{id, json, ApiError, ApiResult};
 use super::store::RegToken;
 use super::{auth, Coordinator};
-use crate::protocol::{RunnerView, TokenRequest, TokenResponse};
+use protocol::{RunnerView, TokenRequest, TokenResponse};
 
 type App = State<Arc<Coordinator>>;
 

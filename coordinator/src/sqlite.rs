@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::store::{
     Finish, Job, NewJob, NewRun, Pending, RegToken, Result, Run, Runner, Store, StoreError,
 };
-use crate::protocol::{JobState, StepReport};
+use protocol::{JobState, StepReport};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::protocol::{JobState, StepReport};
+use protocol::{JobState, StepReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -12,7 +12,7 @@ use std::io::Write as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Notify;
 
-use crate::protocol::{plan_patch, ContentRange, PatchPlan};
+use protocol::{plan_patch, ContentRange, PatchPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -245,7 +245,7 @@ impl LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::checksum_of;
+    use protocol::checksum_of;
 
     fn r(start: u64, body: &[u8]) -> ContentRange {
         ContentRange::for_body(start, body.len() as u64)

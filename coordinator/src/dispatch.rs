@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::store::{Job, Pending, Runner};
-use crate::protocol::JobState;
+use protocol::JobState;
 
 /// A runner fits a job when it has every label the job asks for and accepts every isolation
 /// the job's steps use.

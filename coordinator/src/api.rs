@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use super::error::{id, json, ApiError, ApiResult};
 use super::store::{Finish, Job, Runner};
 use super::{admin, auth, dispatch, runs, Coordinator};
-use crate::protocol::{
+use protocol::{
     ContentRange, FinalStatus, FinishRequest, JobAck, JobControl, JobPayload, JobRequestBody,
     JobState, RegisterRequest, RegisterResponse, RewindBody, MAX_PATCH_BYTES, RANGE,
 };

@@ -16,7 +16,7 @@ use super::admin::{admin, check_secret};
 use super::error::{id, ApiError, ApiResult};
 use super::store::{Job, NewJob, NewRun, Run};
 use super::{dispatch, Coordinator};
-use crate::protocol::{JobState, JobView, RunView, SubmitMeta, SubmitResponse};
+use protocol::{JobState, JobView, RunView, SubmitMeta, SubmitResponse};
 
 type App = State<Arc<Coordinator>>;
 

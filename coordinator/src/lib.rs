@@ -9,6 +9,7 @@ pub mod auth;
 pub mod dispatch;
 pub mod error;
 pub mod logs;
+pub mod metrics;
 pub mod runs;
 pub mod sqlite;
 pub mod store;
@@ -19,14 +20,41 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CoordinatorMetrics;
-use crate::protocol::JobState;
 use logs::LogStore;
-use store::{Finish, Store};
+use protocol::JobState;
+use store::{Finish, Store, StoreError};
+
+/// Why the coordinator could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A file or directory of the data dir could not be made or read.
+    #[error("{what} {path}: {source}")]
+    DataDir {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {source}")]
+    Database { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn data_dir_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.to_path_buf();
+    move |source| ServeError::DataDir { what, path, source }
+}
 
 /// Name of the admin token file in the data dir (mode 0600), found by local CLI calls.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -76,15 +104,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Coordinator {
     /// Opens the store and logs in the data dir, creating the admin token on first start.
-    pub async fn open(settings: Settings) -> anyhow::Result<Arc<Coordinator>> {
+    pub async fn open(settings: Settings) -> Result<Arc<Coordinator>, ServeError> {
         let dir = &settings.data_dir;
         create_private_dir(dir)?;
-        let store = sqlite::SqliteStore::open(&dir.join("coordinator.db"))
-            .with_context(|| format!("cannot open the database in {}", dir.display()))?;
+        let store = sqlite::SqliteStore::open(&dir.join("coordinator.db")).map_err(|source| {
+            ServeError::Database {
+                path: dir.clone(),
+                source,
+            }
+        })?;
         restrict(&dir.join("coordinator.db"))?;
         let admin = load_or_create_admin_token(dir)?;
-        let logs = LogStore::new(dir.join("logs"))?;
-        std::fs::create_dir_all(dir.join("sources"))?;
+        let logs = LogStore::new(dir.join("logs"))
+            .map_err(data_dir_error("cannot create", &dir.join("logs")))?;
+        std::fs::create_dir_all(dir.join("sources"))
+            .map_err(data_dir_error("cannot create", &dir.join("sources")))?;
         Ok(Arc::new(Coordinator {
             store: Arc::new(store),
             logs,
@@ -192,7 +226,7 @@ impl Coordinator {
     }
 
     /// Fails (or retries) running jobs whose runner has not been heard from in time.
-    async fn reap(&self) -> anyhow::Result<()> {
+    async fn reap(&self) -> Result<(), ServeError> {
         let timeout = self.settings.heartbeat_timeout;
         for (id, attempt, runner) in self.store.running().await? {
             let last = lock(&self.job_seen).get(&id).copied();
@@ -252,15 +286,19 @@ impl Coordinator {
 }
 
 /// Binds, writes the URL file, and serves until SIGTERM/SIGINT.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings) -> Result<(), ServeError> {
     let coord = Coordinator::open(settings.clone()).await?;
     coord.recover().await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        .map_err(|source| ServeError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
-    std::fs::write(settings.data_dir.join(URL_FILE), &url)?;
+    let url_file = settings.data_dir.join(URL_FILE);
+    std::fs::write(&url_file, &url).map_err(data_dir_error("cannot write", &url_file))?;
     println!("runner coordinator listening on {url}");
     println!(
         "admin token: {}",
@@ -292,23 +330,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+fn create_private_dir(dir: &Path) -> Result<(), ServeError> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create the data dir {}", dir.display()))
+        .map_err(data_dir_error("cannot create the data dir", dir))
 }
 
 /// Makes a file readable by its owner only.
-fn restrict(path: &Path) -> anyhow::Result<()> {
+fn restrict(path: &Path) -> Result<(), ServeError> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))
+        .map_err(data_dir_error("cannot restrict", path))
 }
 
-fn load_or_create_admin_token(dir: &Path) -> anyhow::Result<String> {
+fn load_or_create_admin_token(dir: &Path) -> Result<String, ServeError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(ADMIN_TOKEN_FILE);
@@ -316,7 +354,7 @@ fn load_or_create_admin_token(dir: &Path) -> anyhow::Result<String> {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => return Err(data_dir_error("cannot read", &path)(e)),
     }
     let token = auth::new_token("adm")?;
     let mut f = std::fs::OpenOptions::new()
@@ -325,9 +363,10 @@ fn load_or_create_admin_token(dir: &Path) -> anyhow::Result<String> {
         .truncate(true)
         .mode(0o600)
         .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    f.sync_all()?;
+        .map_err(data_dir_error("cannot create", &path))?;
+    writeln!(f, "{token}")
+        .and_then(|()| f.sync_all())
+        .map_err(data_dir_error("cannot write", &path))?;
     tracing::info!(path = %path.display(), "admin token created");
     Ok(token)
 }

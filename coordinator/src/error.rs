@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::store::StoreError;
-use crate::protocol::ErrorBody;
+use protocol::ErrorBody;
 
 #[derive(Debug)]
 pub struct ApiError {
