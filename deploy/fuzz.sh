@@ -2,7 +2,7 @@
 # Runs each fuzz target (fuzz/fuzz_targets/) for a bounded time with libFuzzer and
 # AddressSanitizer, from its seed corpus (fuzz/seeds/<target>, made by fuzz/make_seeds.py).
 # Any crash, panic, leak or failed assertion fails the run; the input that did it is kept in
-# fuzz/artifacts/<target>/ (reproduce: `RUSTC_BOOTSTRAP=1 cargo fuzz run --target
+# fuzz/artifacts/<target>/ and the run's log in fuzz/artifacts/<target>.log (reproduce: `RUSTC_BOOTSTRAP=1 cargo fuzz run --target
 # x86_64-unknown-linux-gnu <target> <file>` in fuzz/).
 #
 #   deploy/fuzz.sh [TARGET...]       FUZZ_SECONDS=45 per target by default
@@ -31,10 +31,12 @@ for t in "${targets[@]}"; do
   echo "fuzz: $t for ${seconds}s"
   if cargo fuzz run --target "$triple" "$t" "$work/$t" "seeds/$t" -- \
     -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="artifacts/$t/" "${extra[@]}" >"$work/$t.log" 2>&1; then
-    echo "fuzz: ok: $t ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$t.log" | grep -o '[0-9]*$') runs)"
+    -artifact_prefix="artifacts/$t/" "${extra[@]}" >"artifacts/$t.log" 2>&1; then
+    stat() { grep -o "stat::$1: *[0-9]*" "artifacts/$t.log" | grep -o '[0-9]*$'; }
+    # How much was tried: a loaded machine runs fewer inputs in the same time.
+    echo "fuzz: ok: $t ($(stat number_of_executed_units) runs, $(stat average_exec_per_sec)/s, slowest input $(stat slowest_unit_time_sec) s; log: fuzz/artifacts/$t.log)"
   else
-    tail -60 "$work/$t.log" >&2
+    tail -60 "artifacts/$t.log" >&2
     echo "fuzz: FAIL: $t (input kept in fuzz/artifacts/$t/)" >&2
     failed+=("$t")
   fi
