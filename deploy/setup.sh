@@ -5,6 +5,10 @@ set -euo pipefail
 # One package per line, so that parts of the project add theirs without clashing.
 packages=(
   ca-certificates
+  apt               # setup-vm-kernel.sh fetches the kernel package with apt-get download
+  mawk              # awk: setup-vm-kernel.sh, the pure cgroup v2 test
+  mount             # umount: the pure cgroup v2 test
+  python3-minimal   # python3: the schema test, deploy tests, testkit's Python probes
   iproute2
   busybox-static
   # container executor: bridge networking (ip, iptables); tests call perl (perl-base) for raw syscalls
@@ -22,6 +26,7 @@ packages=(
   apache2-utils     # htpasswd, for the auth-registry test
   skopeo            # image import test writes an OCI layout
   systemd           # deploy tests: systemd-analyze verify on the units
+  g++               # fuzz targets: cargo-fuzz builds libFuzzer (C++) through libfuzzer-sys
 )
 
 missing=()
@@ -49,6 +54,14 @@ elif ! rustc --print target-libdir --target x86_64-unknown-linux-musl >/dev/null
   echo "setup: the x86_64-unknown-linux-musl Rust target is missing and rustup is not here to add it" >&2
   exit 1
 fi
+# Fuzz targets (deploy/fuzz.sh): cargo-fuzz, pinned, from crates.io. It drives the stable
+# toolchain with RUSTC_BOOTSTRAP=1 (no nightly is needed) and builds for the glibc target.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+  echo "setup: installing cargo-fuzz $cargo_fuzz_version"
+  cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
+fi
+
 # Guest kernel and agent of the VM executor (isolation: vm); the microVM tests (vmm/) use the
 # same kernel.
 "$(dirname "$0")/setup-vm-kernel.sh"

@@ -396,8 +396,8 @@ fn validate_takes_several_files_and_fails_if_any_is_bad() {
 
 /// An independent validator (Python's `jsonschema`, draft 2020-12) checks that `runner schema`
 /// is a valid schema, accepts every example and rejects what the parser rejects.
+#[testkit::needs(python_module("yaml"), python_module("jsonschema"))]
 #[test]
-#[ignore = "needs python3-yaml and python3-jsonschema (deploy/setup.sh installs them); CI runs it"]
 fn schema_accepts_the_examples_and_rejects_bad_input_in_a_real_validator() {
     let tmp = tempfile::tempdir().unwrap();
     let out = runner(&root(), &["schema"]);

@@ -9,121 +9,27 @@ mod runs;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use testkit::exec::LIMIT;
+use testkit::leftovers::{processes_with_arg, sandbox_cgroups};
+use testkit::process::{position, wait_with_limit as wait};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
-/// No test here should come near this; it stops a hung run from hanging the suite.
-const LIMIT: Duration = Duration::from_secs(50);
 
-struct Project {
-    src: tempfile::TempDir,
-    data: tempfile::TempDir,
+type Project = testkit::exec::Project;
+
+/// A checkout holding `pipeline`, run with this tree's `runner`.
+fn project(pipeline: &str) -> Project {
+    Project::new(RUNNER, pipeline)
 }
 
-impl Project {
-    fn new(pipeline: &str) -> Project {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the exec end-to-end tests run real container sandboxes and need root \
-             (CI runs them as root: ./deploy/test.sh)"
-        );
-        let src = tempfile::tempdir().unwrap();
-        let data = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join(".runner.yml"), pipeline).unwrap();
-        Project { src, data }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(RUNNER);
-        c.arg("--data-dir")
-            .arg(self.data.path())
-            .arg("exec")
-            .args(args)
-            .current_dir(self.src.path())
-            .env_remove("NO_COLOR")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn exec(&self, args: &[&str]) -> Run {
-        let child = self.command(args).spawn().expect("start runner");
-        let out = wait(child, LIMIT);
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Wait for `child` at most `limit`, killing it (and failing the test) past that.
-fn wait(mut child: std::process::Child, limit: Duration) -> Output {
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "runner exec did not finish within {limit:?}; stdout so far:\n{}",
-                String::from_utf8_lossy(&out.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-/// Byte offset of `needle` in `text`; fails the test if it is not there.
-fn position(text: &str, needle: &str) -> usize {
-    text.find(needle)
-        .unwrap_or_else(|| panic!("{needle:?} not in output:\n{text}"))
-}
-
+#[testkit::needs(root)]
 #[test]
 fn two_jobs_with_needs_run_in_order_each_on_its_own_copy() {
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 defaults:
@@ -167,9 +73,10 @@ jobs:
     assert_no_leftovers(p.data.path(), None);
 }
 
+#[testkit::needs(root)]
 #[test]
 fn a_failing_step_exits_1_skips_dependents_and_summarises() {
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 defaults:
@@ -220,10 +127,11 @@ jobs:
     assert_no_leftovers(p.data.path(), None);
 }
 
+#[testkit::needs(root)]
 #[test]
 fn the_workspace_persists_between_steps_but_the_root_filesystem_does_not() {
     let marker = format!("/etc/runner-exec-e2e-{}", std::process::id());
-    let p = Project::new(&format!(
+    let p = project(&format!(
         r#"
 name: e2e
 defaults:
@@ -253,12 +161,13 @@ jobs:
     );
 }
 
+#[testkit::needs(root)]
 #[test]
 fn secrets_are_masked_in_plain_base64_and_json_forms() {
     // Quotes, a backslash and a slash make the JSON-escaped form differ from the plain one.
     let secret = r#"hunter2"with\back/slash"#;
     let other = "second-secret-value";
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 defaults:
@@ -307,9 +216,10 @@ jobs:
     assert!(out.contains("blind sees [nothing]"), "{r}");
 }
 
+#[testkit::needs(root)]
 #[test]
 fn a_missing_secret_is_refused_before_anything_runs() {
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 defaults:
@@ -330,10 +240,11 @@ jobs:
     assert!(!r.stdout.contains("ran"), "{r}");
 }
 
+#[testkit::needs(root)]
 #[test]
 fn a_job_timeout_kills_its_step_and_fails_the_run() {
     let nap = format!("{}", 5000 + std::process::id() % 997);
-    let p = Project::new(&format!(
+    let p = project(&format!(
         r#"
 name: e2e
 defaults:
@@ -361,9 +272,10 @@ jobs:
     assert_no_leftovers(p.data.path(), Some(&nap));
 }
 
+#[testkit::needs(root)]
 #[test]
 fn bind_workspace_lets_jobs_change_the_checkout() {
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 defaults:
@@ -383,10 +295,11 @@ jobs:
     );
 }
 
+#[testkit::needs(root)]
 #[test]
 fn a_vm_step_without_a_usable_vm_executor_is_refused_with_the_reason() {
     // A fresh data dir has no guest kernel, so the VM executor cannot start.
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 jobs:
@@ -409,11 +322,12 @@ jobs:
     assert!(!r.stdout.contains("in a vm"), "{r}");
 }
 
+#[testkit::needs(root)]
 #[test]
 fn ctrl_c_cancels_the_running_step_and_leaves_no_sandbox_behind() {
     // A sleep with an argument no other test uses, to find its processes afterwards.
     let nap = format!("{}", 3000 + std::process::id() % 997);
-    let p = Project::new(&format!(
+    let p = project(&format!(
         r#"
 name: e2e
 defaults:
@@ -518,9 +432,10 @@ fn start_until(
     }
 }
 
+#[testkit::needs(root)]
 #[test]
 fn a_second_run_on_the_same_data_dir_leaves_a_live_run_alone() {
-    let p = Project::new(
+    let p = project(
         r#"
 name: e2e
 defaults:
@@ -537,6 +452,7 @@ jobs:
     let second = Project {
         src: tempfile::tempdir().unwrap(),
         data: tempfile::TempDir::new().unwrap(),
+        bin: RUNNER,
     };
     std::fs::write(
         second.src.path().join(".runner.yml"),
@@ -558,10 +474,11 @@ jobs:
     assert!(text.contains("long │ survived"), "{text}");
 }
 
+#[testkit::needs(root)]
 #[test]
 fn a_killed_run_is_cleaned_up_by_the_next_start() {
     let nap = format!("{}", 4000 + std::process::id() % 997);
-    let p = Project::new(&format!(
+    let p = project(&format!(
         r#"
 name: e2e
 defaults:
@@ -641,46 +558,4 @@ fn assert_no_leftovers(data: &Path, process_marker: Option<&str>) {
             .collect();
         assert!(left.is_empty(), "workspaces left: {left:?}");
     }
-}
-
-/// Pids of processes (other than this one) with `arg` as one of their arguments.
-fn processes_with_arg(arg: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Cgroups (v1 or v2, anywhere under /sys/fs/cgroup) of sandboxes that the runner with `pid`
-/// made: the container executor names them `rnr-<job>-<pid in hex>-<n>`.
-fn sandbox_cgroups(pid: i32) -> Vec<std::path::PathBuf> {
-    let tag = format!("-{pid:x}-");
-    let mut found = Vec::new();
-    let mut stack = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("rnr-") && name.contains(&tag) {
-                found.push(e.path());
-            } else if depth < 8 {
-                stack.push((e.path(), depth + 1));
-            }
-        }
-    }
-    found
 }

@@ -10,40 +10,6 @@ use std::process::Command;
 
 use executors::image::testing::serve_busybox;
 
-fn agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "guest-agent",
-            "--target",
-            "x86_64-unknown-linux-musl",
-            "--release",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo to build the guest agent");
-    assert!(status.success(), "building the guest agent failed");
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("x86_64-unknown-linux-musl/release/guest-agent")
-}
-
-fn kernel_dir() -> PathBuf {
-    let dir = std::env::var_os("RUNNER_VM_KERNEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/runner/vm/kernel"));
-    assert!(
-        dir.join("boot").is_dir(),
-        "no guest kernel in {}: run deploy/setup-vm-kernel.sh (deploy/setup.sh does)",
-        dir.display()
-    );
-    dir
-}
-
 /// A runner config whose `[vm]` section points at the guest kernel and a fresh guest agent.
 fn vm_config(dir: &Path) -> PathBuf {
     let config = dir.join("config.toml");
@@ -51,8 +17,8 @@ fn vm_config(dir: &Path) -> PathBuf {
         &config,
         format!(
             "[vm]\nkernel_dir = {:?}\nagent = {:?}\nmemory_mib = 256\n",
-            kernel_dir().display().to_string(),
-            agent().display().to_string()
+            testkit::guest::kernel_dir().display().to_string(),
+            testkit::guest::agent().display().to_string()
         ),
     )
     .unwrap();
@@ -81,6 +47,7 @@ fn qemu_running_for(dir: &Path) -> bool {
     })
 }
 
+#[testkit::needs(root, guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_vm_container_job_through_runner_exec() {
     let (_registry, image) = serve_busybox().await.unwrap();
@@ -137,6 +104,7 @@ async fn container_vm_container_job_through_runner_exec() {
 
 /// Ctrl-C while a VM step runs: `runner exec` exits 130, and neither QEMU nor the job's
 /// workspace survives it.
+#[testkit::needs(root, guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_a_vm_step_leaves_no_qemu_and_no_workspace() {
     use std::io::{BufRead as _, BufReader};

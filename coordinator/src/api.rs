@@ -195,12 +195,7 @@ async fn unregister(State(c): App, headers: HeaderMap) -> ApiResult<StatusCode> 
 async fn request_job(State(c): App, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let runner = runner_auth(&c, &headers).await?;
     let req: JobRequestBody = json(&body)?;
-    let wait = req
-        .wait_secs
-        .filter(|w| w.is_finite() && *w >= 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(c.settings.poll_timeout)
-        .min(c.settings.poll_timeout);
+    let wait = req.wait(c.settings.poll_timeout);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let notified = c.queue.notified();

@@ -65,6 +65,9 @@ impl SqliteStore {
     fn init(conn: Connection) -> Result<SqliteStore> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A run's secrets are blanked when it ends and deleted secrets are gone: zero what they
+        // leave in freed space instead of keeping it in the file (see `set_run_state`).
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {
@@ -342,6 +345,14 @@ impl Store for SqliteStore {
                     "UPDATE runs SET state = ?2, finished = ?3, secrets = '{}' WHERE id = ?1",
                     params![id, state, now()],
                 )?;
+                // The row with the secrets is still in the write-ahead log: copy the log into
+                // the database (where secure_delete zeroes the old row) and empty it. Busy only
+                // if another process reads the file; then the next finished run tries again.
+                let busy: i64 =
+                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy != 0 {
+                    tracing::warn!(run = id, "write-ahead log busy: a finished run's secrets stay in it until the next checkpoint");
+                }
             } else {
                 c.execute(
                     "UPDATE runs SET state = ?2 WHERE id = ?1",
@@ -632,6 +643,39 @@ mod tests {
         // A finished run forgets its secrets.
         assert!(s.run(run).await.unwrap().unwrap().secrets.is_empty());
         assert!(s.active_runs().await.unwrap().is_empty());
+    }
+
+    /// Blanking the column is not enough: the row that held the secrets stays in the
+    /// write-ahead log and in the freed space of its page unless both are cleared.
+    #[tokio::test]
+    async fn a_finished_runs_secrets_are_gone_from_the_files_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let s = SqliteStore::open(&path).unwrap();
+        // Several runs and a stored secret that is deleted again, so that rows move and
+        // pages are freed, not only rewritten in place.
+        let mut runs = Vec::new();
+        for _ in 0..20 {
+            runs.push(s.create_run(&new_run(), &[new_job("a")]).await.unwrap());
+        }
+        s.set_secret("STORED", "deleted-s3cr3t-value")
+            .await
+            .unwrap();
+        assert!(s.delete_secret("STORED").await.unwrap());
+        for run in runs {
+            s.set_run_state(run, "success", true).await.unwrap();
+        }
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in ["s3cr3t-value", "deleted-s3cr3t-value"] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{secret} is still in {}",
+                    path.display()
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use executors::{
     Executor, ImageSpec, JobSpec, LogChunk, Network, PreparedJob, Resources, Shell, StepResult,
     StepSpec, Stream,
 };
+use testkit::leftovers::processes_mentioning;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,14 +32,6 @@ struct Output {
     stdout: String,
     stderr: String,
     chunks: Vec<LogChunk>,
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("container tests need root (namespaces, mounts, cgroups); not running this one");
-    false
 }
 
 impl Fixture {
@@ -140,27 +133,9 @@ impl Fixture {
     }
 }
 
-/// Host pids whose command line contains `needle`.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && !cmdline.contains("cargo") {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
+#[testkit::needs(root)]
 #[tokio::test]
 async fn pid_one_own_hostname_and_no_host_processes() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("pid1").await;
     let out = f
         .run(f.step("echo pid=$$; hostname; ls /proc | grep -c '^[0-9]'"))
@@ -175,11 +150,9 @@ async fn pid_one_own_hostname_and_no_host_processes() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn etc_writes_vanish_and_workspace_persists() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("persist").await;
     let first = f
         .run(f.step("echo secret > /etc/marker && echo built > /workspace/out && cat /etc/marker"))
@@ -197,11 +170,9 @@ async fn etc_writes_vanish_and_workspace_persists() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn memory_limit_oom_is_reported() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("oom").await;
     let mut step = f.step("dd if=/dev/zero of=/dev/null bs=256M count=1; echo after");
     step.resources.memory = Some(32 << 20);
@@ -217,11 +188,9 @@ async fn memory_limit_oom_is_reported() {
 
 /// What a step writes outside its workspace lives on the sandbox's own tmpfs: nothing of it
 /// reaches the host's disk, and it counts against the step's memory limit.
+#[testkit::needs(root)]
 #[tokio::test]
 async fn rootfs_writes_are_scratch_charged_to_the_step() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("scratch").await;
     let out = f
         .run(f.step(
@@ -258,11 +227,9 @@ async fn rootfs_writes_are_scratch_charged_to_the_step() {
 
 /// `Scratch::Disk`: the upper dir is a directory of the sandbox's on the state dir's
 /// filesystem, and it goes with the sandbox.
+#[testkit::needs(root)]
 #[tokio::test]
 async fn disk_scratch_holds_rootfs_writes_until_the_step_ends() {
-    if !is_root() {
-        return;
-    }
     let mut f = Fixture::new("diskscratch").await;
     let images = LocalDirImages::new().with(IMAGE, f.tmp.path().join("rootfs"));
     let mut config = ContainerConfig::new(f.tmp.path().join("state"), Arc::new(images));
@@ -311,11 +278,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn pids_limit_holds() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("pids").await;
     let mut step = f.step("for i in $(seq 40); do sleep 30 & done; echo all-started");
     step.resources.pids = Some(16);
@@ -334,11 +299,9 @@ async fn pids_limit_holds() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn timeout_kills_a_tree_that_ignores_sigterm() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("timeout").await;
     let marker = f.tmp.path().to_string_lossy().into_owned();
     let script = format!(
@@ -355,11 +318,9 @@ async fn timeout_kills_a_tree_that_ignores_sigterm() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn cancellation_kills_the_step() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("cancel").await;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -374,11 +335,9 @@ async fn cancellation_kills_the_step() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn output_streams_while_the_step_runs() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("stream").await;
     let out = f
         .run(f.step("echo first; echo oops >&2; sleep 2; echo second"))
@@ -404,11 +363,9 @@ async fn output_streams_while_the_step_runs() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn escapes_fail_inside() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("escape").await;
     let secret = f.tmp.path().join("host-secret");
     std::fs::write(&secret, "x").unwrap();
@@ -443,11 +400,9 @@ async fn escapes_fail_inside() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn host_image_hides_secrets_and_denies_keyctl_and_modules() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("host").await;
     let secret = f.tmp.path().join("host-secret");
     std::fs::write(&secret, "x").unwrap();
@@ -479,11 +434,9 @@ async fn host_image_hides_secrets_and_denies_keyctl_and_modules() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn setup_errors_are_reported_not_hidden() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("badshell").await;
     let mut step = f.step("true");
     step.shell = Shell::Bash; // busybox image has no bash
@@ -497,11 +450,9 @@ async fn setup_errors_are_reported_not_hidden() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[test]
 fn reconcile_cleans_up_after_a_killed_runner() {
-    if !is_root() {
-        return;
-    }
     let tmp = tempfile::Builder::new()
         .prefix("ctest-reconcile-")
         .tempdir()
@@ -575,11 +526,9 @@ fn reconcile_cleans_up_after_a_killed_runner() {
     assert!(exec.reconcile().unwrap().is_empty());
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn bridge_network_reaches_the_gateway() {
-    if !is_root() {
-        return;
-    }
     let tmp = tempfile::Builder::new()
         .prefix("ctest-bridge-")
         .tempdir()
@@ -630,11 +579,9 @@ async fn bridge_network_reaches_the_gateway() {
     f.assert_clean().await;
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn user_namespace_maps_root_to_an_unprivileged_range() {
-    if !is_root() {
-        return;
-    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let tmp = tempfile::Builder::new()
         .prefix("ctest-userns-")
@@ -700,16 +647,11 @@ async fn user_namespace_maps_root_to_an_unprivileged_range() {
 /// running the executor (`container-step`) in a private mount namespace where only the v2 tree
 /// is mounted, as on a v2-only host: a plain step, a clear error for a limit whose controller
 /// the tree lacks, and a timeout that kills the tree through `cgroup.kill`.
+#[testkit::needs(root)]
+#[testkit::host(hybrid_cgroups)]
 #[test]
 fn pure_cgroup_v2_driver_runs_limits_errors_and_kills() {
-    if !is_root() {
-        return;
-    }
     let unified = std::path::Path::new("/sys/fs/cgroup/unified");
-    if !unified.join("cgroup.procs").exists() {
-        eprintln!("no v2 tree at /sys/fs/cgroup/unified on this host; the v2 path is the host's own driver here");
-        return;
-    }
     let tmp = tempfile::Builder::new()
         .prefix("ctest-v2-")
         .tempdir()
@@ -767,11 +709,9 @@ fn pure_cgroup_v2_driver_runs_limits_errors_and_kills() {
     assert!(left.is_empty(), "sandbox cgroups left: {left:?}");
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn dropping_a_running_step_removes_its_sandbox() {
-    if !is_root() {
-        return;
-    }
     let f = Fixture::new("drop").await;
     let marker = f.tmp.path().to_string_lossy().into_owned();
     let step = f.step(&format!("sleep 1000 & wait # {marker}"));

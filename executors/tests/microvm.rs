@@ -4,7 +4,6 @@
 //! unit-tested in `vm::microvm`.)
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,17 +24,9 @@ struct Busybox {
 
 impl Busybox {
     fn create(dir: &Path) -> Busybox {
-        let layer = dir.join("layer");
-        for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
-            std::fs::create_dir_all(layer.join(d)).unwrap();
+        Busybox {
+            layer: testkit::guest::busybox_layer(dir),
         }
-        std::fs::copy("/bin/busybox", layer.join("bin/busybox"))
-            .expect("/bin/busybox (busybox-static) is installed by deploy/setup.sh");
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet));
-        }
-        Busybox { layer }
     }
 }
 
@@ -63,13 +54,11 @@ fn config(dir: &Path, backend: Backend) -> VmConfig {
     cfg
 }
 
+/// Where KVM is hardware-backed the refusal does not apply: the step test below runs instead.
+#[testkit::host(no_hardware_kvm)]
 #[test]
 fn microvm_is_refused_where_kvm_cannot_boot_linux() {
     let kvm = KvmKind::detect();
-    if kvm.can_boot_linux() {
-        eprintln!("hardware KVM here: the refusal does not apply; see the step test below");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let images = Arc::new(Busybox::create(dir.path()));
     let err = match VmExecutor::new(config(dir.path(), Backend::Microvm), images) {
@@ -82,39 +71,16 @@ fn microvm_is_refused_where_kvm_cannot_boot_linux() {
     );
 }
 
-/// The guest agent built from this tree (static, musl).
-fn agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "guest-agent"])
-        .args(["--target", "x86_64-unknown-linux-musl", "--release"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo to build the guest agent");
-    assert!(status.success(), "building the guest agent failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("x86_64-unknown-linux-musl/release/guest-agent")
-}
-
+/// Where KVM cannot boot Linux (PVM, none), the refusal above is tested instead.
+#[testkit::host(hardware_kvm)]
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_runs_in_a_microvm_on_hardware_kvm() {
-    let kvm = KvmKind::detect();
-    if !kvm.can_boot_linux() {
-        say_skipped(&format!(
-            "the microVM step: /dev/kvm here is {}; the refusal is tested instead",
-            kvm.describe()
-        ));
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let images = Arc::new(Busybox::create(dir.path()));
     let mut cfg = config(dir.path(), Backend::Microvm);
-    cfg.kernel_dir = std::env::var_os("RUNNER_VM_KERNEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/runner/vm/kernel"));
-    cfg.agent = agent();
+    cfg.kernel_dir = testkit::guest::kernel_dir();
+    cfg.agent = testkit::guest::agent().to_path_buf();
     let exec = VmExecutor::new(cfg, images).expect("VM executor with the microvm backend");
     assert_eq!(exec.describe(), "microvm, kvm");
     let ws = dir.path().join("workspace");
@@ -166,11 +132,4 @@ async fn a_step_runs_in_a_microvm_on_hardware_kvm() {
         "made\n"
     );
     exec.cleanup(&job).await.unwrap();
-}
-
-/// libtest swallows `eprintln!` of a passing test (its capture hooks only the print macros),
-/// so a skipped check would not show in CI's log: write to the stderr handle directly.
-fn say_skipped(why: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,44 +17,6 @@ use executors::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The guest agent built from this tree (static, musl), once per test process.
-fn agent() -> &'static Path {
-    static AGENT: OnceLock<PathBuf> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "guest-agent",
-                "--target",
-                "x86_64-unknown-linux-musl",
-                "--release",
-            ])
-            .current_dir(&root)
-            .status()
-            .expect("run cargo to build the guest agent");
-        assert!(status.success(), "building the guest agent failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join("x86_64-unknown-linux-musl/release/guest-agent")
-    })
-}
-
-fn kernel_dir() -> PathBuf {
-    let dir = std::env::var_os("RUNNER_VM_KERNEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/runner/vm/kernel"));
-    assert!(
-        dir.join("boot").is_dir(),
-        "no guest kernel in {}: run deploy/setup-vm-kernel.sh (deploy/setup.sh does)",
-        dir.display()
-    );
-    dir
-}
-
 /// A one-layer busybox image, as the image store would unpack it.
 struct Busybox {
     layer: PathBuf,
@@ -62,18 +24,9 @@ struct Busybox {
 
 impl Busybox {
     fn create(dir: &Path) -> Busybox {
-        let layer = dir.join("layer");
-        for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "usr/bin"] {
-            std::fs::create_dir_all(layer.join(d)).unwrap();
+        Busybox {
+            layer: testkit::guest::busybox_layer(dir),
         }
-        std::fs::copy("/bin/busybox", layer.join("bin/busybox"))
-            .expect("/bin/busybox (busybox-static) is installed by deploy/setup.sh");
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet));
-        }
-        std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        Busybox { layer }
     }
 }
 
@@ -105,8 +58,8 @@ async fn fixture(warm_pool: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let images = Arc::new(Busybox::create(dir.path()));
     let mut cfg = VmConfig::with_data_dir(&dir.path().join("data"));
-    cfg.kernel_dir = kernel_dir();
-    cfg.agent = agent().to_path_buf();
+    cfg.kernel_dir = testkit::guest::kernel_dir();
+    cfg.agent = testkit::guest::agent().to_path_buf();
     cfg.warm_pool = warm_pool;
     cfg.memory_mib = 256;
     let exec = VmExecutor::new(cfg, images).expect("VM executor");
@@ -193,6 +146,7 @@ fn stray_files(data_dir: &Path) -> Vec<PathBuf> {
     stray
 }
 
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
     let f = fixture(0).await;
@@ -271,6 +225,7 @@ async fn vm_steps_share_the_workspace_and_throw_the_rest_away() {
     assert!(stray_files(&f.dir.path().join("data")).is_empty());
 }
 
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
     let f = fixture(0).await;
@@ -315,6 +270,7 @@ async fn timeout_and_cancel_kill_the_vm_and_leave_nothing() {
     assert!(stray_files(&data).is_empty(), "{:?}", stray_files(&data));
 }
 
+#[testkit::needs(guest_kernel)]
 #[tokio::test]
 async fn host_image_and_host_network_are_refused_clearly() {
     let f = fixture(0).await;
@@ -344,6 +300,7 @@ async fn host_image_and_host_network_are_refused_clearly() {
     }
 }
 
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_serves_a_step_and_dies_with_the_executor() {
     let f = fixture(1).await;
@@ -401,6 +358,7 @@ fn http_server(body: &'static str) -> u16 {
     port
 }
 
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_network_reaches_the_host_through_user_mode_nat() {
     let f = fixture(0).await;
@@ -418,6 +376,7 @@ async fn bridge_network_reaches_the_host_through_user_mode_nat() {
 
 /// The pipeline: a container step, a VM step and a container step on one workspace,
 /// all from the same image.
+#[testkit::needs(root, guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_vm_container_share_the_workspace() {
     use executors::container::{
@@ -432,8 +391,8 @@ async fn container_vm_container_share_the_workspace() {
     let container = ContainerExecutor::new(ccfg).unwrap();
     container.reconcile().unwrap();
     let mut vcfg = VmConfig::with_data_dir(&tmp.path().join("data"));
-    vcfg.kernel_dir = kernel_dir();
-    vcfg.agent = agent().to_path_buf();
+    vcfg.kernel_dir = testkit::guest::kernel_dir();
+    vcfg.agent = testkit::guest::agent().to_path_buf();
     vcfg.memory_mib = 256;
     let vm = VmExecutor::new(vcfg, images).unwrap();
 
@@ -504,6 +463,7 @@ async fn container_vm_container_share_the_workspace() {
 
 /// A runner killed with SIGKILL cannot clean up: its VMs must die with it anyway (QEMU runs
 /// with PR_SET_PDEATHSIG). The test re-runs itself as the "runner" and kills that process.
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_runner_takes_its_vm_along() {
     const CHILD: &str = "RUNNER_VM_TEST_CHILD";
@@ -566,6 +526,7 @@ async fn a_killed_runner_takes_its_vm_along() {
 }
 
 /// What fails inside the guest comes back as a clear error, and the VM is gone.
+#[testkit::needs(guest_kernel)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_inside_the_guest_is_reported_with_its_reason() {
     let f = fixture(0).await;

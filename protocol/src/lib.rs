@@ -56,6 +56,19 @@ pub struct JobRequestBody {
     pub wait_secs: Option<f64>,
 }
 
+impl JobRequestBody {
+    /// How long to hold the request: `wait_secs` when it is a usable number of seconds, at
+    /// most `cap` (the server's poll timeout, also the answer to no or a nonsensical value).
+    /// A client's number is hostile: NaN, negative, infinite or too big for a `Duration`
+    /// (1e300) must not reach `Duration::from_secs_f64`, which panics on them.
+    pub fn wait(&self, cap: std::time::Duration) -> std::time::Duration {
+        self.wait_secs
+            .filter(|w| w.is_finite() && *w >= 0.0)
+            .and_then(|w| std::time::Duration::try_from_secs_f64(w).ok())
+            .map_or(cap, |w| w.min(cap))
+    }
+}
+
 /// The answer to a job request (201).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobPayload {
@@ -288,7 +301,9 @@ impl ContentRange {
         let (a, b) = s.split_once('-')?;
         let start: u64 = a.trim().parse().ok()?;
         let end: u64 = b.trim().parse().ok()?;
-        (end >= start).then_some(ContentRange { start, end })
+        // The length (`end - start + 1`) must fit: `0-18446744073709551615` would overflow.
+        end.checked_sub(start)?.checked_add(1)?;
+        Some(ContentRange { start, end })
     }
 
     /// The range of `len > 0` bytes starting at `start`.
@@ -360,6 +375,37 @@ mod tests {
     fn content_range_rejects_garbage() {
         for bad in ["", "9-0", "a-b", "5", "-5", "1-", "bytes", "0-9-10"] {
             assert_eq!(ContentRange::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Found by fuzz/fuzz_targets/protocol.rs: a range whose length does not fit in a u64
+    /// overflowed `len()` (a panic in debug; in release a length of 0, which let an empty body
+    /// through to a slice past its end).
+    #[test]
+    fn content_range_refuses_a_length_that_does_not_fit() {
+        assert_eq!(ContentRange::parse("0-18446744073709551615"), None);
+        let r = ContentRange::parse("1-18446744073709551615").unwrap();
+        assert_eq!(r.len(), u64::MAX);
+    }
+
+    /// Found by fuzz/fuzz_targets/protocol.rs: `{"wait_secs": 1e300}` passed the finite and
+    /// non-negative checks and panicked in `Duration::from_secs_f64`.
+    #[test]
+    fn a_job_request_wait_is_capped_and_never_panics() {
+        let cap = std::time::Duration::from_secs(30);
+        let wait = |w: Option<f64>| JobRequestBody { wait_secs: w }.wait(cap);
+        assert_eq!(wait(Some(2.5)), std::time::Duration::from_millis(2500));
+        assert_eq!(wait(Some(0.0)), std::time::Duration::ZERO);
+        for odd in [
+            None,
+            Some(1e300),
+            Some(f64::MAX),
+            Some(f64::INFINITY),
+            Some(f64::NAN),
+            Some(-1.0),
+            Some(1e9),
+        ] {
+            assert_eq!(wait(odd), cap, "{odd:?}");
         }
     }
 

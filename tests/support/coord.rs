@@ -332,3 +332,18 @@ pub fn job(id: &str, needs: &[&str], steps: Vec<Value>) -> Value {
 pub fn plan(jobs: Vec<Value>) -> Value {
     json!({"name": "test", "jobs": jobs})
 }
+
+/// A plan of one job `job` with one step `step` running `script`.
+pub fn one_step_plan(job_id: &str, step_name: &str, script: &str) -> Value {
+    plan(vec![job(job_id, &[], vec![step(step_name, script, &[])])])
+}
+
+/// The coordinator's job id and the job token of a job payload (a job request's 201 answer).
+pub fn lease(payload: &Value) -> (i64, String) {
+    let id = payload["id"].as_i64();
+    let token = payload["token"].as_str();
+    match (id, token) {
+        (Some(id), Some(token)) => (id, token.to_string()),
+        _ => panic!("not a job payload: {payload}"),
+    }
+}

@@ -97,6 +97,7 @@ fn run(cfg: VmConfig) -> RunReport {
     Vm::new(cfg).expect("build VM").run().expect("run VM")
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn long_mode_guest_writes_a_marker_to_serial() {
     let code = Asm::default()
@@ -115,6 +116,7 @@ fn long_mode_guest_writes_a_marker_to_serial() {
     );
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn i8042_reset_ends_the_vm_at_once() {
     let (cfg, serial) = config(Asm::default().i8042_reset().halt_forever(), "");
@@ -130,6 +132,7 @@ fn i8042_reset_ends_the_vm_at_once() {
     );
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn guest_reads_the_boot_params_our_loader_wrote() {
     // e820 entry count as a digit, ':', then the command line from cmd_line_ptr.
@@ -152,6 +155,7 @@ fn guest_reads_the_boot_params_our_loader_wrote() {
     assert_eq!(serial.text(), format!("2:{cmdline}"));
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn boot_timer_records_the_first_guest_instruction() {
     let code = Asm::default()
@@ -172,6 +176,7 @@ fn boot_timer_records_the_first_guest_instruction() {
     assert!(first.process_cpu > Duration::ZERO);
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn a_spinning_guest_is_stopped_by_timeout_and_by_stop_handle() {
     let spin = || Asm::default().bytes(&[0xeb, 0xfe]); // jmp $
@@ -193,6 +198,7 @@ fn a_spinning_guest_is_stopped_by_timeout_and_by_stop_handle() {
     stopper.join().unwrap();
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn two_vcpus_end_together_when_the_boot_cpu_resets() {
     // vCPU 1 waits for a startup IPI that never comes; the VM must still end and tear down.
@@ -220,6 +226,7 @@ fn bad_configs_get_clear_errors() {
     assert!(err.contains("command line"), "{err}");
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn a_guest_halted_with_interrupts_off_is_reported_as_halt_not_timeout() {
     // cli; hlt: nothing can wake it. The in-kernel LAPIC keeps it asleep, so the VMM finds out
@@ -234,6 +241,7 @@ fn a_guest_halted_with_interrupts_off_is_reported_as_halt_not_timeout() {
     assert_eq!(run(cfg).end, VmEnd::TimedOut);
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn guest_finds_the_mp_table_where_linux_scans_for_it() {
     // mov esi, [0xf0004] (the floating pointer's table address); print 4 signature bytes.
@@ -248,6 +256,7 @@ fn guest_finds_the_mp_table_where_linux_scans_for_it() {
     assert_eq!(serial.text(), "PCMP");
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn agent_uart_carries_bytes_both_ways_with_flow_control() {
     // loop: wait for COM2 data ready (LSR bit 0), read the byte, echo it to COM2, and stop
@@ -279,6 +288,7 @@ fn agent_uart_carries_bytes_both_ways_with_flow_control() {
     );
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn serial_input_fails_cleanly_once_the_vm_is_gone() {
     let (cfg, _) = config(Asm::default().i8042_reset(), "");
@@ -291,6 +301,7 @@ fn serial_input_fails_cleanly_once_the_vm_is_gone() {
     assert!(err.to_string().contains("ended"), "{err}");
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn guest_walks_the_acpi_tables_from_the_rsdp() {
     // rbx = XSDT address from the RSDP (0xe0000 + 24); print the XSDT signature, then the
@@ -328,6 +339,7 @@ fn mmio_store(asm: Asm, off: u32, value: u32) -> Asm {
     asm.bytes(&value.to_le_bytes())
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn guest_driver_reads_the_root_disk_through_virtio_mmio() {
     // The guest is a minimal virtio driver: it programs the device's registers at
@@ -393,6 +405,7 @@ fn guest_driver_reads_the_root_disk_through_virtio_mmio() {
     assert_eq!(serial.text(), "DISK01", "data, status OK, one used entry");
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn string_port_output_reaches_the_console_byte_for_byte() {
     // mov esi, <text>; mov ecx, len; mov dx, 0x3f8; rep outsb; reset. KVM hands the whole

@@ -33,6 +33,7 @@ fn one_vm(code: Vec<u8>, timeout: Duration) -> VmEnd {
     Vm::new(cfg).unwrap().run().unwrap().end
 }
 
+#[testkit::needs(kvm)]
 #[test]
 fn repeated_vms_leave_no_fds_threads_or_memory_behind() {
     // Warm up once: the first VM installs the kick signal handler and the std runtime may

@@ -51,12 +51,9 @@ async fn run(
     (result, collect.await.unwrap())
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn steps_run_on_a_pulled_multi_layer_image() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root (namespaces, mounts, cgroups); not running");
-        return;
-    }
     // Two layers: busybox, then one that adds /etc/motd and deletes /bin/vi (a whiteout), so
     // the overlay's layer order is visible from inside.
     let mut top = LayerBuilder::new();

@@ -362,13 +362,10 @@ mod tests {
         assert!(err.contains("no network device"), "{err}");
     }
 
+    // Where KVM is hardware-backed, tests/microvm.rs boots a real microVM instead.
+    #[testkit::host(pvm_kvm)]
     #[tokio::test]
     async fn booting_linux_on_a_pvm_host_fails_at_once_with_the_reason() {
-        if KvmKind::detect() != KvmKind::Pvm {
-            // Where KVM is hardware-backed, tests/vm.rs boots real microVMs instead.
-            eprintln!("not a PVM host: the refusal path is checked on PVM hosts only");
-            return;
-        }
         let started = std::time::Instant::now();
         let err = MicroVm.boot(&spec()).await.unwrap_err().to_string();
         assert!(err.contains("kvm_pvm"), "{err}");

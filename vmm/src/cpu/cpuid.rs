@@ -139,9 +139,9 @@ mod tests {
         assert_eq!(e[0], before);
     }
 
+    #[testkit::needs(kvm)]
     #[test]
     fn real_kvm_supported_set_is_filtered() {
-        // Needs /dev/kvm; every host this suite runs on has one (hardware or PVM).
         let kvm = crate::kvm::open().expect("open /dev/kvm");
         let cpuid = for_vcpu(&kvm, 1, 2).unwrap();
         let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();

@@ -230,6 +230,7 @@ mod tests {
         Devices::new(&vm, &mem, config, Instant::now()).unwrap()
     }
 
+    #[testkit::needs(kvm)]
     #[test]
     fn a_batched_string_write_delivers_every_byte() {
         // What KVM hands over for `rep outsb` when it batches: all bytes in one exit.
@@ -242,6 +243,7 @@ mod tests {
         assert_eq!(dev.pio_write(0x64, &[0xfe]), PortAction::Reset);
     }
 
+    #[testkit::needs(kvm)]
     #[test]
     fn nothing_there_reads_as_all_ones_and_mmio_without_a_disk_too() {
         let dev = devices(Capture::default());

@@ -169,12 +169,9 @@ mod tests {
         assert_eq!(escape(Path::new("/a,b:c\\d")).unwrap(), r"/a\,b\:c\\d");
     }
 
+    #[testkit::needs(root)]
     #[test]
     fn a_snapshot_shows_the_source_keeps_writes_private_and_unmounts_cleanly() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("not run: overlay snapshots need root; CI runs this test as root");
-            return;
-        }
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("file"), "original").unwrap();
         std::fs::create_dir(src.path().join("dir")).unwrap();
@@ -203,12 +200,9 @@ mod tests {
         unmount_snapshot(&ws).unwrap();
     }
 
+    #[testkit::needs(root)]
     #[test]
     fn unmount_snapshot_refuses_when_the_workspace_stays_mounted() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("not run: mounts need root; CI runs this test as root");
-            return;
-        }
         let src = tempfile::tempdir().unwrap();
         let job = tempfile::tempdir().unwrap();
         let ws = mount_snapshot(src.path(), &dirs_in(job.path())).unwrap();

@@ -276,12 +276,9 @@ async fn a_data_dir_inside_the_source_tree_is_left_out_of_workspaces() {
     assert!(!r.text.contains(".runner-data"), "{}", r.text);
 }
 
+#[testkit::needs(root)]
 #[tokio::test]
 async fn as_root_the_workspace_is_an_overlay_snapshot_that_is_unmounted_after() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("not run: overlay snapshots need root; CI runs this test as root");
-        return;
-    }
     let src = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("code.txt"), "x").unwrap();

@@ -449,12 +449,9 @@ mod tests {
         assert_eq!(fs::read_dir(exec_root(dd)).unwrap().count(), 0);
     }
 
+    #[testkit::needs(root)]
     #[test]
     fn reconcile_unmounts_a_dead_runs_snapshot_before_removing_it() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("not run: overlay snapshots need root; CI runs this test as root");
-            return;
-        }
         let src = tempfile::tempdir().unwrap();
         fs::write(src.path().join("precious"), b"keep me").unwrap();
         let (runtime, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
